@@ -28,7 +28,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'seed_everything', 'resolve_profile', 'by_profile',
            'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops', 'project_root',
-           'run_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results']
+           'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results']
 
 # %% ../nbs/00_core.ipynb #0e06447b
 DEVICE_ENV = "FC_DEVICE"
@@ -177,6 +177,10 @@ def run_dir(profile: str, out_dir: str | Path | None = None) -> Path:
         return Path(out_dir)
     base = os.environ.get("FC_RUNS_DIR")
     return (Path(base) if base else project_root() / "runs") / profile
+
+def artifact_dir(name: str, profile: str, out_dir: str | Path | None = None) -> Path:
+    "A folder for something a later chapter loads (a tokenizer, a pretrained model): `<run_dir>/artifacts/<name>`."
+    return run_dir(profile, out_dir) / "artifacts" / name
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -16,14 +16,20 @@ BIN = Path(sys.executable).parent
 SMOKE_TIMEOUT = 240  # the budget is 60 s per notebook; this catches a hang, not a slow machine
 
 
+@pytest.fixture(scope="session")
+def smoke_dir(tmp_path_factory):
+    "One output folder for the whole smoke run, so later chapters find earlier chapters' artefacts, as in a real run."
+    return tmp_path_factory.mktemp("smoke")
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_with_smoke_profile(name, tmp_path):
+def test_notebook_runs_with_smoke_profile(name, smoke_dir, tmp_path):
     has_params = any("parameters" in c["metadata"].get("tags", []) for c in json.loads((NBS / name).read_text())["cells"])
-    params = dict(profile="smoke", out_dir=str(tmp_path)) if has_params else {}
+    params = dict(profile="smoke", out_dir=str(smoke_dir)) if has_params else {}
     pm.execute_notebook(str(NBS / name), str(tmp_path / name), parameters=params, kernel_name="python3",
                         cwd=str(NBS), execution_timeout=SMOKE_TIMEOUT, progress_bar=False)
     if has_params:
-        record = json.loads((tmp_path / "results" / f"{Path(name).stem}.json").read_text())
+        record = json.loads((smoke_dir / "results" / f"{Path(name).stem}.json").read_text())
         assert record["profile"] == "smoke", "the injected profile did not take effect"
         assert record["metrics"], "the chapter recorded no results"
 
