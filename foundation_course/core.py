@@ -16,6 +16,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+# Libraries' progress bars (tqdm.auto) fall back to text in notebooks without ipywidgets, which is what the
+# course wants (it renders in the committed notebooks and the site); the fallback's warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 # %% auto #0
 __all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'seed_everything', 'resolve_profile', 'by_profile',

@@ -30,6 +30,16 @@ def test_results_table_names_missing_chapters(tmp_path):
     assert "No results yet for: 02_training" in table
 
 
+def test_committed_outputs_settle_progress_bars():
+    outputs = [dict(output_type="stream", name="stderr", text="\rfit:   0%|\rfit:  50%|"),
+               dict(output_type="stream", name="stderr", text="\rfit: 100%|\n"),
+               dict(output_type="stream", name="stdout", text=["done\n"]),
+               dict(output_type="display_data", data={}, metadata={})]
+    merged = cli._merge_streams(outputs)
+    assert [o["output_type"] for o in merged] == ["stream", "stream", "display_data"]
+    assert merged[0]["text"] == ["fit: 100%|\n"] and merged[1]["text"] == ["done\n"]
+
+
 def _failing_notebook(folder):
     nb = json.loads((NBS / "00_core.ipynb").read_text())
     cells = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
