@@ -2,7 +2,7 @@
 configuration and weights, in the same process, and print their ratio and the model FLOP utilisation (MFU).
 
     python benchmarks/bench_transformer.py                 # the cpu profile's causal model of chapter 04
-    python benchmarks/bench_transformer.py --d-model 512 --layers 8 --context 256 --vocab 16384 --device cuda
+    python benchmarks/bench_transformer.py --d-model 512 --layers 8 --heads 8 --context 256 --vocab 16384 --tied --batch 64 --device cuda
 
 MFU = training FLOP/s / the machine's own measured matmul FLOP/s (fp32), with training FLOPs per token
 6 N + 12 L T d (N = weights touched per token including the tied output layer; Chowdhery et al., 2022, app. B).
@@ -34,26 +34,27 @@ def train_step_fn(model: torch.nn.Module, batch: dict, device: torch.device):
 
 
 def flops_per_token(cfg: TransformerConfig, model: torch.nn.Module) -> float:
-    "Training FLOPs per token: 6 N + 12 L T d, N = all weights except the position table (the token table counts once, as the output layer)."
-    n = count_parameters(model)["total"] - cfg.max_len * cfg.d_model
+    "Training FLOPs per token: 6 N + 12 L T d, N = the weights that multiply activations (all but the embedding tables, plus the output layer)."
+    n = count_parameters(model)["total"] - cfg.max_len * cfg.d_model - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
     return 6 * n + 12 * cfg.n_layers * cfg.max_len * cfg.d_model
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--context", type=int, default=128)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--context", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tied", action="store_true", help="tie the output layer to the token embeddings (the cpu profile unties them)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per model (after 2 warm-up steps)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     device = get_device(args.device)
     seed_everything(0, deterministic=False)
     cfg = TransformerConfig(vocab_size=args.vocab, max_len=args.context, d_model=args.d_model, n_layers=args.layers,
-                            n_heads=args.heads, dropout=0.0, causal=True)
+                            n_heads=args.heads, dropout=0.0, causal=True, tie_embeddings=args.tied)
     ours = Transformer(cfg).to(device).train()
     theirs = to_hf(ours).to(device).train()
     ids = torch.randint(0, cfg.vocab_size, (args.batch, cfg.max_len), device=device)

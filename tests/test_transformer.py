@@ -42,8 +42,9 @@ def test_fully_masked_rows_stay_finite():
     assert attention_bias(torch.ones(2, 4), causal=True, n=4) is None  # nothing masked: the fused causal path is used
 
 
-def test_gpt2_parity_both_directions():
-    ours = small(causal=True)
+@pytest.mark.parametrize("tie", [True, False])
+def test_gpt2_parity_both_directions(tie):
+    ours = small(causal=True, tie_embeddings=tie)
     hf = to_hf(ours)
     ids, mask = batch()
     with torch.no_grad():
@@ -54,8 +55,11 @@ def test_gpt2_parity_both_directions():
         assert (back(ids, mask).logits - b)[mask.bool()].abs().max() < 1e-5
 
 
-def test_bert_parity_with_bert_model_and_masked_lm():
-    ours = small(causal=False)
+@pytest.mark.parametrize("tie", [True, False])
+def test_bert_parity_with_bert_model_and_masked_lm(tie):
+    ours = small(causal=False, tie_embeddings=tie)
+    with torch.no_grad():
+        ours.head_bias.normal_()  # zero at init; trained models have a real output bias
     hf = to_hf(ours)
     ids, mask = batch()
     encoder = BertModel(hf.config, add_pooling_layer=False).eval()
