@@ -4,7 +4,8 @@
     python benchmarks/bench_lora.py --compare --profile gpu   # chapter 09's full-vs-PEFT table at a profile
 
 Both layers get the same base weight, A and B (checked: same outputs); timings alternate between them, and the
-median of each is compared. Wall-clock times on a shared machine are noisy; the ratio is what to read."""
+best of each is compared (as core.measure_matmul_flops does: the best run is the one least disturbed by other
+processes). Wall-clock times on a shared machine are still noisy; the ratio is what to read."""
 import argparse
 import copy
 import math
@@ -50,7 +51,7 @@ def bench_shape(tokens: int, d_in: int, d_out: int, r: int, repeats: int, device
     for _ in range(repeats):
         times["ours"].append(fwd_bwd_seconds(ours, x))
         times["peft"].append(fwd_bwd_seconds(theirs, x))
-    ours_s, peft_s = statistics.median(times["ours"]), statistics.median(times["peft"])
+    ours_s, peft_s = min(times["ours"]), min(times["peft"])
     return dict(shape=f"{tokens}x{d_in}->{d_out}", r=r, ours_ms=1e3 * ours_s, peft_ms=1e3 * peft_s, ratio=ours_s / peft_s)
 
 
@@ -59,7 +60,7 @@ def layer_benchmark(repeats: int) -> None:
     seed_everything(0)
     tokens = 4096 if device.type == "cuda" else 512  # 16 sequences of 32 tokens on CPU
     shapes = [(tokens, 384, 384), (tokens, 384, 1536), (tokens, 768, 768)]  # MiniLM and BERT-base projections
-    print(f"LoRALinear (ours) vs peft LoRA Linear, forward+backward, median of {repeats}, device {device}, {torch.get_num_threads()} threads")
+    print(f"LoRALinear (ours) vs peft LoRA Linear, forward+backward, best of {repeats}, device {device}, {torch.get_num_threads()} threads")
     print(f"{'shape':<20} {'r':>3} {'ours ms':>9} {'peft ms':>9} {'ours/peft':>10}", flush=True)
     rows = []
     for t, i, o in shapes:
