@@ -170,6 +170,28 @@ def _run(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from foundation_course.deployment import Predictor, read_inputs, write_predictions
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise SystemExit(f"--out must end in .csv or .json, got {out.name!r}")
+    try:
+        predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+        items, names = read_inputs(args.input)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(str(e)) from None
+    if (predictor.kind == "image") != Path(args.input).is_dir():
+        want = "a folder of images" if predictor.kind == "image" else "a text file with one text per line"
+        raise SystemExit(f"{args.model} is a {predictor.kind} model, so INPUT must be {want}; got {args.input}")
+    rows = predictor.predict(items, names)
+    write_predictions(rows, out)
+    failed = [r for r in rows if r["error"]]
+    print(f"{len(rows) - len(failed)} predictions written to {out}")
+    for r in failed:
+        print(f"  {r['input']}: {r['error']}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `foundation-course` command."
     parser = argparse.ArgumentParser(prog="foundation-course", description="Run the course's chapters and read their results.")
@@ -185,12 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     res = sub.add_parser("results", help="print every recorded metric as one table")
     res.add_argument("--profile", default="auto", choices=("auto", *PROFILES))
     res.add_argument("--dir", default=None, help="results folder (default: runs/<profile>/results)")
+    pred = sub.add_parser("predict", help="predict labels for a text file (one per line) or a folder of images with a saved model")
+    pred.add_argument("model", help="a saved model folder (Hugging Face format, or an image classifier's model.safetensors + config.json)")
+    pred.add_argument("input", help="a text file with one text per line, or a folder of images")
+    pred.add_argument("--out", required=True, help="where to write the predictions: a .csv or .json file (written atomically)")
+    pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
+    pred.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     if args.command == "list":
         print("\n".join(chapters()))
         return 0
     if args.command == "run":
         return _run(args)
+    if args.command == "predict":
+        return _predict(args)
     folder = Path(args.dir) if args.dir else run_dir(resolve_profile(args.profile)) / "results"
     print(results_table(folder, chapters()))
     return 0

@@ -61,3 +61,41 @@ def test_run_failure_names_chapter_cell_and_error(tmp_path, capsys, monkeypatch)
 def test_main_list(capsys):
     assert cli.main(["list"]) == 0
     assert "01_data" in capsys.readouterr().out
+
+
+def _tiny_text_model(folder):
+    from transformers import BertConfig, BertForSequenceClassification
+    from foundation_course.data import load_tokenizer
+    tok = load_tokenizer("minilm")
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(str(folder)); tok.save_pretrained(str(folder))
+    return folder
+
+
+def test_predict_writes_csv_and_reports_empty_lines(tmp_path, capsys):
+    model = _tiny_text_model(tmp_path / "model")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a lovely film\n\nboring\n")
+    assert cli.main(["predict", str(model), str(texts), "--out", str(tmp_path / "out.csv"), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "2 predictions written" in captured.out and "line 2: empty text" in captured.err
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "input,label,probability,p_negative,p_positive,error" and len(lines) == 4
+    assert lines[2] == "line 2,,,,,empty text" and lines[1].split(",")[1] in ("negative", "positive")
+    assert cli.main(["predict", str(model), str(texts), "--out", str(tmp_path / "out.json"), "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert [r["input"] for r in rows] == ["line 1", "line 2", "line 3"] and rows[1]["error"] == "empty text"
+
+
+def test_predict_bad_model_folder_input_kind_and_format(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("fine\n")
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.main(["predict", str(tmp_path / "missing"), str(texts), "--out", str(tmp_path / "o.csv")])
+    model = _tiny_text_model(tmp_path / "model")
+    with pytest.raises(SystemExit, match="text model, so INPUT must be a text file"):
+        cli.main(["predict", str(model), str(tmp_path), "--out", str(tmp_path / "o.csv")])
+    with pytest.raises(SystemExit, match="--out must end in .csv or .json"):
+        cli.main(["predict", str(model), str(texts), "--out", str(tmp_path / "o.txt")])
+    assert not (tmp_path / "o.csv").exists()
