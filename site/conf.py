@@ -9,7 +9,8 @@ nb_execution_mode = "off"  # chapters show their committed cpu-profile outputs; 
 nb_merge_streams = True
 nb_render_markdown_format = "myst"  # markdown outputs (the chapter table, show_doc) get tables like the cells do
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
-suppress_warnings = ["mystnb.unknown_mime_type"]
+# Widget outputs (tqdm) fall back to text; show_doc of a method is an H4 right under an H2.
+suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 
 html_theme = "sphinx_book_theme"
 html_title = "foundation_course"

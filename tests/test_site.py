@@ -1,6 +1,8 @@
 """The course site: built offline with warnings as errors, served on 127.0.0.1 and read in Debian's Chromium."""
 import functools
 import http.server
+import importlib
+import inspect
 import json
 import re
 import subprocess
@@ -86,6 +88,7 @@ def visits(site, server):
             record["links"] = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
             record["ids"] = page.eval_on_selector_all("[id]", "els => els.map(e => e.id)")
             record["text"] = page.inner_text("body")
+            record["outputs"] = "\n".join(page.eval_on_selector_all(".cell_output", "els => els.map(e => e.innerText)"))
             if rel in ("index.html", "02_training.html"):
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / f"site-{Path(rel).stem}.png"), full_page=True)
@@ -143,6 +146,23 @@ def test_chapter_pages_show_api_reference_and_outputs(visits):
     assert "def fit(" in rec["text"], "the show_doc signature of fit is missing"
     assert "Train `model`" not in rec["text"] and "Train model on train_data" in rec["text"]
     assert "{target=" not in rec["text"], "Quarto link attributes leaked into the page"
+
+
+def _exported_functions_and_classes(name: str) -> list[str]:
+    "What the notebook's `#| default_exp` module exports that show_doc documents: functions and classes."
+    cells = json.loads((NBS / f"{name}.ipynb").read_text())["cells"]
+    found = re.search(r"^#\|\s*default_exp\s+(\S+)", "\n".join("".join(c["source"]) for c in cells), re.M)
+    if not found:
+        return []
+    module = importlib.import_module(f"foundation_course.{found[1]}")
+    return [n for n in module.__all__ if inspect.isfunction(getattr(module, n)) or inspect.isclass(getattr(module, n))]
+
+
+def test_every_exported_function_and_class_has_its_api_reference(visits):
+    for name in _numbered():
+        outputs = visits[f"{name}.html"]["outputs"]
+        missing = [n for n in _exported_functions_and_classes(name) if not re.search(rf"\b(def|class) {n}\b", outputs)]
+        assert not missing, f"{name}: no show_doc reference for {missing}"
 
 
 def test_landing_page_has_map_commands_chapters_and_results(visits):

@@ -24,6 +24,7 @@ _LEADING_RULE = re.compile(r"\A\s*---\s*\n")
 _QUARTO_ATTRS = re.compile(r"(\]\([^)]*\))\{[^}\n]*\}")
 # Quarto cell options -> the myst-nb tags that do the same.
 _QUARTO_TO_TAGS = {("echo", "false"): "remove-input", ("output", "false"): "remove-output", ("include", "false"): "remove-cell"}
+_SHOW_DOC = re.compile(r"^show_doc\(", re.M)
 _DIRECTIVE = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(\S+)\s*$")
 TOCTREE = "```{toctree}\n:hidden:\n:glob:\n\n[0-9][0-9]_*\n```"
 
@@ -64,9 +65,35 @@ def _title_cell(front_matter: str) -> dict:
     return dict(cell_type="markdown", id="site-title", metadata={}, source="\n\n".join(lines))
 
 
+def _module_of(name: str) -> str | None:
+    "The `#| default_exp` module of nbs/<name>.ipynb (nbdev's processing drops that cell)."
+    cells = json.loads((NBS / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+    found = re.search(r"^#\|\s*default_exp\s+(\S+)", "\n".join(_text(c["source"]) for c in cells), re.M)
+    return found[1] if found else None
+
+
+def fill_show_docs(nb: dict, module: str) -> None:
+    "Run the show_doc cells that have no output (nbdev adds one per exported name) against the exported module."
+    from execnb.shell import CaptureShell
+    todo = [c for c in nb["cells"] if c["cell_type"] == "code" and not c.get("outputs") and _SHOW_DOC.search(_text(c["source"]))]
+    if not todo:
+        return
+    shell = CaptureShell()
+    for code, cell in [(f"from nbdev.showdoc import show_doc\nfrom foundation_course.{module} import *", None)] + [(_text(c["source"]), c) for c in todo]:
+        outputs = json.loads(json.dumps(shell.run(code)))
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        if errors:
+            raise SystemExit(f"{module}: `{code.splitlines()[-1]}` raised {errors[0]['ename']}: {errors[0]['evalue']}")
+        if cell is not None:
+            cell["outputs"] = outputs
+
+
 def stage_notebook(src: Path, dest: Path) -> None:
     "Copy one processed notebook for Sphinx; the landing page is executed now (its tables read nbs/) and carries the toctree."
     nb = execute(src) if src.stem == "index" else json.loads(src.read_text(encoding="utf-8"))
+    module = _module_of(src.stem)
+    if module:
+        fill_show_docs(nb, module)
     nb["cells"] = [_title_cell(_text(c["source"])) if c["cell_type"] == "raw" else _fix_cell(c) for c in nb["cells"]]
     if src.stem == "index":
         nb["cells"].append(dict(cell_type="markdown", id="site-toctree", metadata={}, source=TOCTREE))
