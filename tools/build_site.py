@@ -1,7 +1,7 @@
 """Build glue: nbdev's processed notebooks -> Sphinx (myst-nb, sphinx-book-theme) -> an offline HTML site; and README.md from index.ipynb.
 
     python tools/build_site.py site [--out _site]   # writes <out>/html, warnings are errors
-    python tools/build_site.py readme [--check]     # writes README.md from nbs/index.ipynb (or checks it is in sync)
+    python tools/build_site.py readme               # writes README.md from nbs/index.ipynb (tests/test_readme.py checks it)
 
 Everything is discovered: the site has every notebook in nbs/, the chapters in file order."""
 from __future__ import annotations
@@ -79,7 +79,8 @@ def fill_show_docs(nb: dict, module: str) -> None:
     if not todo:
         return
     shell = CaptureShell()
-    for code, cell in [(f"from nbdev.showdoc import show_doc\nfrom foundation_course.{module} import *", None)] + [(_text(c["source"]), c) for c in todo]:
+    setup = f"from nbdev.showdoc import show_doc\nfrom foundation_course.{module} import *"
+    for code, cell in [(setup, None), *((_text(c["source"]), c) for c in todo)]:
         outputs = json.loads(json.dumps(shell.run(code)))
         errors = [o for o in outputs if o.get("output_type") == "error"]
         if errors:
@@ -111,13 +112,14 @@ def build_site(out: Path) -> Path:
     from nbdev.serve import proc_nbs
     from sphinx.cmd.build import build_main
     proc = proc_nbs(str(NBS), n_workers=0)
-    src, html = out / "src", out / "html"
-    shutil.rmtree(out, ignore_errors=True)
+    src, html, doctrees = out / "src", out / "html", out / "doctrees"
+    for folder in (src, html, doctrees):  # only what this build writes: `out` may hold other things
+        shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(SITE_CONF, src, ignore=shutil.ignore_patterns("__pycache__"))
     for nb in sorted(proc.glob("*.ipynb")):
         stage_notebook(nb, src / nb.name)
     shutil.copytree(mathjax_dir(), src / "_static" / "mathjax")
-    code = build_main(["-W", "--keep-going", "-q", "-b", "html", "-d", str(out / "doctrees"), str(src), str(html)])
+    code = build_main(["-W", "--keep-going", "-q", "-b", "html", "-d", str(doctrees), str(src), str(html)])
     if code:
         raise SystemExit(f"sphinx-build failed (exit {code}); the warnings above say where")
     return html
@@ -155,19 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     site = sub.add_parser("site", help="build the offline HTML site")
     site.add_argument("--out", default=str(ROOT / "_site"), help="output folder (default: _site/); the site is <out>/html")
-    readme = sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
-    readme.add_argument("--check", action="store_true", help="only check that README.md is in sync; exit 1 if not")
+    sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
     args = parser.parse_args(argv)
     if args.command == "site":
         print(f"Site: {build_site(Path(args.out).resolve()) / 'index.html'}")
         return 0
-    text = readme_text(execute(NBS / "index.ipynb"))
-    if args.check:
-        if README.read_text(encoding="utf-8") != text:
-            print("README.md is out of sync with nbs/index.ipynb: run `make readme`", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(text, encoding="utf-8")
+    from foundation_course.core import atomic_write_text
+    atomic_write_text(README, readme_text(execute(NBS / "index.ipynb")))
+    print(f"Wrote {README}")
     return 0
 
 
