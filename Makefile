@@ -60,8 +60,9 @@ course: setup
 test: setup
 	$(PY) -m pytest -q
 
-## JupyterLab on nbs/ with the course's kernel.
+## JupyterLab on nbs/ with the course's kernel (registered again, in case another checkout took the name).
 lab: setup
+	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course)" >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## The course site, offline, into _site/html/ (Sphinx, warnings as errors); README.md is regenerated first.
