@@ -329,8 +329,9 @@ def _continue(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_token
     model.eval()
     device, outs = next(model.parameters()).device, []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    room = model.config.n_positions - max_new_tokens  # the prompt's tail, so prompt and continuation fit the context
     for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"][-room:]], device=device)
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         outs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
     return outs
@@ -343,6 +344,7 @@ def causal_lm_lora(folder: str | Path, train_texts: Sequence[str], eval_texts: S
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder))
+    max_length = min(max_length, model.config.n_positions)  # a small pretrained model may have a short context
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     encode = lambda texts: [tokenizer(t, add_special_tokens=False)["input_ids"][: max_length - 1] + [eos] for t in texts]
     collate = CausalLMCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
