@@ -3,17 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
 
+from conftest import tiny_bert
 from foundation_course.adapters import (BottleneckAdapter, WithAdapter, add_adapters, checkpoint_size_mb, match_modules,
                                         sentiment_task, train_and_measure, train_only)
-
-
-def tiny_bert(vocab_size=100, seed=0):
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
 
 
 def inputs(batch=3, length=7, vocab=100):

@@ -4,21 +4,15 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from conftest import tiny_bert
 from foundation_course.adapters import train_only
 from foundation_course.core import artifact_dir
 from foundation_course.lora import (LORA_TARGETS, LoRALinear, apply_lora, causal_lm_lora, compare_methods, find_artifact,
                                     lora_layers, merge_lora, peft_lora_config, peft_lora_state, qlora_unavailable,
                                     review_prompt, save_lora_as_peft, unmerge_lora)
-
-
-def tiny_bert(vocab_size=100, seed=0):
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
 
 
 X = dict(input_ids=torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(1)),
