@@ -105,6 +105,8 @@ def test_lab_opens_a_chapter_runs_its_first_cells_and_leaves_no_process(lab):
         for i in range(FIRST_CELLS):  # run and advance, one cell at a time, as a learner does
             page.keyboard.press("Shift+Enter")
             page.wait_for_function(ACTIVE_CELL_IS, arg=i + 1, timeout=START_TIMEOUT_S * 1000)
+            # a learner reads each result before the next key press; so does the test
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=RUN_TIMEOUT_S * 1000)
         target = page.locator(".jp-NotebookPanel .jp-Cell").nth(FIRST_CELLS - 1)
         target.locator(".jp-OutputArea-output").first.wait_for(timeout=RUN_TIMEOUT_S * 1000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=RUN_TIMEOUT_S * 1000)
