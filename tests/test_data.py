@@ -53,6 +53,18 @@ def test_domain_corpus_uses_training_movies_only(rt):
     assert len(domain.train) > len(rt.train) * 0.9
 
 
+def test_movie_plots_follow_the_snippets_split_by_movie(rt):
+    plots = data.load_movie_plots()
+    movie_of = {text: movie for movie, text in data._rt_plots()}
+    snippet_movies = {"train": set(rt.train.groups), "validation": set(rt.validation.groups), "test": set(rt.test.groups)}
+    assert sum(map(len, plots.values())) == len(data._rt_plots()) > 1_000
+    for split, texts in plots.items():
+        movies = {movie_of[t] for t in texts}
+        others = set().union(*(m for s, m in snippet_movies.items() if s != split))
+        assert movies and not movies & others, f"a {split} plot belongs to a movie of another split"
+        assert movies & snippet_movies[split]
+
+
 def test_images():
     fashion = data.load_images("fashion-mnist")
     assert fashion.train_images.shape == (60_000, 28, 28) and fashion.test_images.shape == (10_000, 28, 28)
