@@ -31,9 +31,10 @@ from torch import nn
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 # %% auto #0
-__all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'seed_everything', 'resolve_profile', 'by_profile',
-           'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops', 'project_root',
-           'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results']
+__all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'cpu_has_bf16', 'seed_everything', 'resolve_profile',
+           'by_profile', 'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops',
+           'project_root', 'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results',
+           'load_results']
 
 # %% ../nbs/00_core.ipynb #0e06447b
 DEVICE_ENV = "FC_DEVICE"
@@ -62,6 +63,16 @@ def get_device(override: str | None = None) -> torch.device:
                                f"Unset {DEVICE_ENV} or choose one of those.")
         return torch.device(wanted)
     return torch.device(present[0])
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    "Whether this CPU does bfloat16 arithmetic natively (the x86 flags `avx512_bf16` or `amx_bf16`, read from `/proc/cpuinfo` or `cpuinfo`)."
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: assume not
+            return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
 
 # %% ../nbs/00_core.ipynb #14d32608
 def seed_everything(seed: int = 0, deterministic: bool = True) -> int:

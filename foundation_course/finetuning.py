@@ -268,7 +268,7 @@ def save_text_classifier(model: nn.Module, tokenizer, folder: str | Path, label_
 
 # %% ../nbs/07_finetuning.ipynb #03770896
 class ImageBatcher:
-    "Collate `(uint8 image (H, W), label)` pairs into a normalised 3-channel batch at `size` pixels: every image transformed once."
+    "Collate `(uint8 image (H, W), label)` pairs into a normalised 3-channel batch at `size` pixels (channels-last): every image transformed once."
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
         self.size = size
@@ -278,7 +278,7 @@ class ImageBatcher:
     def images(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div(255).unsqueeze(1)
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return ((x.expand(-1, 3, -1, -1) - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def __call__(self, items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images(torch.stack([i[0] for i in items])), torch.stack([torch.as_tensor(i[1]) for i in items])

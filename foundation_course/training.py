@@ -170,9 +170,12 @@ class FitResult:
 
 def _accelerator(mixed_precision: str, grad_accum: int, device: str | None):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     dev = get_device(device)
     if mixed_precision == "auto":
         mixed_precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    # accelerate fixes one precision per process; each fit is its own run, so forget the last one's (the process group stays)
+    AcceleratorState._reset_state()
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
 
 
@@ -314,6 +317,7 @@ def fit(model: nn.Module, train_data: Dataset, *, epochs: int = 1, batch_size: i
         result.best = next((r for r in result.epochs if r.get(monitor) == state["best"]), None)
         if restore_best and best_weights is not None:
             raw_model.load_state_dict(best_weights)
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # hand back a plain model: mixed precision stays inside fit
     return result
 
 # %% ../nbs/02_training.ipynb #7cf18d9a

@@ -37,6 +37,13 @@ def test_device_choice_and_override(monkeypatch):
             core.get_device("cuda")
 
 
+def test_cpu_has_bf16_reads_the_cpu_flags():
+    assert core.cpu_has_bf16("flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert core.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not core.cpu_has_bf16("flags : fpu sse avx2 avx512f avx512_vnni\n")
+    assert isinstance(core.cpu_has_bf16(), bool)
+
+
 def test_seed_everything_repeats_every_generator():
     import random
     import numpy as np

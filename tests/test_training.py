@@ -77,6 +77,17 @@ def test_fit_bad_arguments():
         training.fit(nn.Linear(8, 2), toy_data(), val_data=toy_data(), monitor="val_acc", progress=False)
 
 
+def test_bf16_on_cpu_trains_and_hands_back_a_plain_fp32_model():
+    seed_everything(0)
+    model = nn.Linear(8, 2)
+    result = training.fit(model, toy_data(), epochs=5, batch_size=16, lr=5e-2, mixed_precision="bf16", progress=False)
+    assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"]
+    assert "_original_forward" not in model.__dict__  # the autocast wrapper is gone
+    x = toy_data(16, seed=2).tensors[0]
+    out = model(x)
+    assert out.dtype == torch.float32 and torch.equal(out, F.linear(x, model.weight, model.bias))
+
+
 def test_gradient_accumulation_equals_big_batch():
     def run(bs, k):
         torch.manual_seed(3)
