@@ -24,8 +24,8 @@ from .training import FitResult, fit
 from .transformer import Transformer, check_tokenizer_fits, to_hf
 
 # %% auto #0
-__all__ = ['token_nll', 'perplexity', 'unigram_nll', 'bigram_nll', 'RoundRobinBlocks', 'lm_metrics', 'evaluate_lm', 'pretrain',
-           'top_k_filter', 'sample', 'save_pretrained_lm']
+__all__ = ['token_nll', 'perplexity', 'unigram_nll', 'bigram_nll', 'two_sided_bigram_nll', 'RoundRobinBlocks', 'lm_metrics',
+           'evaluate_lm', 'window_schedule', 'pretrain', 'top_k_filter', 'sample', 'save_pretrained_lm']
 
 # %% ../nbs/04_pretraining.ipynb #e8845ae9
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
@@ -68,6 +68,31 @@ def bigram_nll(train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size:
     at = np.searchsorted(codes, query).clip(max=len(codes) - 1)
     pair = np.where(codes[at] == query, counts[at], 0)
     return float(-np.log((pair + alpha) / (context[vprev] + alpha * vocab_size)).mean())
+
+
+def two_sided_bigram_nll(train_blocks: torch.Tensor, masked_ids: torch.Tensor, labels: torch.Tensor, vocab_size: int,
+                         alpha: float = 0.01, hidden_ids: Sequence[int] = (), chunk: int = 2048) -> float:
+    """Mean NLL of the masked positions (`labels` != -100) under an add-α bigram that reads both neighbours, the fair
+    baseline for a masked LM: P(x | l, r) ∝ P(x | l) P(r | x). A neighbour that is missing or hidden (an id in
+    `hidden_ids`, such as [MASK]) is left out of the product; with neither, P(x) is the unigram."""
+    V = vocab_size
+    prev, nxt = (torch.as_tensor(a) for a in _pairs(train_blocks))
+    counts = torch.zeros(V * V).index_add_(0, prev * V + nxt, torch.ones(len(prev))).view(V, V)  # [prev, next]
+    log_next = ((counts + alpha) / (counts.sum(1, keepdim=True) + alpha * V)).log()  # log P(next | prev)
+    log_unigram = ((counts.sum(0) + alpha) / (counts.sum() + alpha * V)).log()
+    b, i = (labels != -100).nonzero(as_tuple=True)
+    hidden = torch.tensor(list(hidden_ids), dtype=torch.long)
+    T = masked_ids.shape[1]
+    left, right = masked_ids[b, (i - 1).clamp(min=0)], masked_ids[b, (i + 1).clamp(max=T - 1)]
+    has_left = (i > 0) & ~torch.isin(left, hidden)
+    has_right = (i < T - 1) & ~torch.isin(right, hidden)
+    total = 0.0
+    for s in range(0, len(b), chunk):
+        sl = slice(s, s + chunk)
+        score = torch.where(has_left[sl, None], log_next[left[sl]], log_unigram)
+        score = score + torch.where(has_right[sl, None], log_next[:, right[sl]].T, 0.0)
+        total -= score.log_softmax(-1).gather(1, labels[b[sl], i[sl], None]).sum().item()
+    return total / len(b)
 
 # %% ../nbs/04_pretraining.ipynb #1de4736e
 class RoundRobinBlocks(Dataset):
@@ -112,10 +137,25 @@ def evaluate_lm(model: nn.Module, blocks: torch.Tensor, collate_fn: Callable, ba
     return dict(nll=nll / n, ppl=perplexity(nll / n), acc=correct / n, tokens=n)
 
 # %% ../nbs/04_pretraining.ipynb #1bab1733
+def window_schedule(rounds: int, max_len: int, start: int = 2) -> list[int | None]:
+    "Attention windows for `rounds` rounds: `start`, then doubling while narrower than the context, then full attention (None), always for the last round."
+    if rounds < 1 or start < 1:
+        raise ValueError(f"window_schedule needs rounds >= 1 and start >= 1, got rounds={rounds}, start={start}")
+    windows: list[int | None] = []
+    while len(windows) < rounds - 1 and start < max_len - 1:
+        windows.append(start)
+        start *= 2
+    return windows + [None] * (rounds - len(windows))
+
+
 def pretrain(model: Transformer, train_blocks: torch.Tensor, val_blocks: torch.Tensor, collate_fn: Callable, *,
              tokenizer=None, rounds: int = 4, steps: int | None = None, batch_size: int = 32, lr: float = 1e-3,
-             on_round_end: Callable | None = None, seed: int = 0, **fit_kwargs) -> FitResult:
-    "Pretrain `model` on token blocks with `fit` for `steps` optimizer steps (default: one pass), validating after each of `rounds` equal parts. Adds `tokens_per_second` to the result."
+             windows: Sequence[int | None] | None = None, on_round_end: Callable | None = None, seed: int = 0,
+             **fit_kwargs) -> FitResult:
+    """Pretrain `model` on token blocks with `fit` for `steps` optimizer steps (default: one pass), validating after each of `rounds` equal parts. Adds `tokens_per_second` to the result.
+
+    `windows`: one attention window per round (±tokens, None = full attention, which the last round must be), a
+    curriculum that lets a masked LM find its neighbours first; see `window_schedule`."""
     if len(train_blocks) == 0 or len(val_blocks) == 0:
         raise ValueError(f"pretrain needs text: got {len(train_blocks)} training and {len(val_blocks)} validation blocks")
     if train_blocks.shape[1] > model.cfg.max_len:
@@ -123,6 +163,8 @@ def pretrain(model: Transformer, train_blocks: torch.Tensor, val_blocks: torch.T
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model.cfg)
     model.check_input(train_blocks[:4096])
+    if windows is not None and (len(windows) != rounds or windows[-1] is not None):
+        raise ValueError(f"windows must give one attention window per round ({rounds}) and end with None (full attention), got {list(windows)}")
     round_size = math.ceil(steps / rounds) * batch_size if steps else max(1, len(train_blocks) // rounds)
     data = RoundRobinBlocks(train_blocks, round_size, seed)
     eval_seconds = [0.0]
@@ -135,13 +177,19 @@ def pretrain(model: Transformer, train_blocks: torch.Tensor, val_blocks: torch.T
 
     def round_end(epoch, m, row):
         data.set_round(epoch)
+        if windows is not None:
+            model.attention_window = windows[min(epoch, rounds - 1)]
         if on_round_end is not None:
             start = time.perf_counter()
             on_round_end(epoch, m, row)
             eval_seconds[0] += time.perf_counter() - start
 
-    result = fit(model, data, epochs=rounds, max_steps=steps, batch_size=batch_size, lr=lr, collate_fn=collate_fn,
-                 val_data=list(val_blocks), metrics_fn=timed_metrics, on_epoch_end=round_end, seed=seed, **fit_kwargs)
+    model.attention_window = windows[0] if windows is not None else None
+    try:
+        result = fit(model, data, epochs=rounds, max_steps=steps, batch_size=batch_size, lr=lr, collate_fn=collate_fn,
+                     val_data=list(val_blocks), metrics_fn=timed_metrics, on_epoch_end=round_end, seed=seed, **fit_kwargs)
+    finally:
+        model.attention_window = None
     result.tokens_per_second = result.samples_seen * train_blocks.shape[1] / max(result.train_seconds - eval_seconds[0], 1e-9)
     return result
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['attention', 'causal_mask', 'padding_mask', 'attention_bias', 'TransformerConfig', 'MultiHeadAttention', 'Block',
-           'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf', 'check_tokenizer_fits']
+__all__ = ['attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'TransformerConfig', 'MultiHeadAttention',
+           'Block', 'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf', 'check_tokenizer_fits']
 
 # %% ../nbs/03_transformer.ipynb #b97002e0
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,12 +39,22 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.bool()[:, None, None, :]
 
 
+def window_mask(n: int, window: int, device: torch.device | str | None = None) -> torch.Tensor:
+    "An (n, n) boolean band: position i may attend to positions j with |i - j| <= window."
+    i = torch.arange(n, device=device)
+    return (i[:, None] - i[None, :]).abs() <= window
+
+
 def attention_bias(attention_mask: torch.Tensor | None, causal: bool, n: int, dtype: torch.dtype = torch.float32,
-                   device: torch.device | str | None = None) -> torch.Tensor | None:
-    "The additive mask (0 = attend, dtype minimum = don't) that combines padding and causality; None when nothing is masked."
+                   device: torch.device | str | None = None, window: int | None = None) -> torch.Tensor | None:
+    "The additive mask (0 = attend, dtype minimum = don't) that combines padding, causality and an optional local `window`; None when nothing is masked."
     allowed = None
     if attention_mask is not None and not bool(attention_mask.all()):
         allowed = padding_mask(attention_mask)
+    if window is not None and window < n - 1:
+        if window < 0:
+            raise ValueError(f"The attention window must be >= 0 tokens (or None for full attention), got {window}")
+        allowed = window_mask(n, window, device) if allowed is None else allowed & window_mask(n, window, device)
     if causal and allowed is not None:
         allowed = allowed & causal_mask(n, device)
     if allowed is None:
@@ -145,6 +155,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
+        self.attention_window: int | None = None  # ±tokens each position may attend to; None = all (a training curriculum, not architecture)
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         if not cfg.causal:
@@ -192,7 +203,7 @@ class Transformer(nn.Module):
         if not self.cfg.causal:
             x = self.emb_norm(x + self.segment.weight[0])
         x = self.drop(x)
-        bias = attention_bias(attention_mask, self.cfg.causal, T, x.dtype, x.device)
+        bias = attention_bias(attention_mask, self.cfg.causal, T, x.dtype, x.device, self.attention_window)
         weights = []
         for block in self.blocks:
             x, w = block(x, bias, self.cfg.causal, return_weights)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from foundation_course.data import CausalLMCollator, MLMCollator, pack_tokens, train_tokenizer
-from foundation_course.pretraining import (RoundRobinBlocks, bigram_nll, evaluate_lm, lm_metrics, perplexity, pretrain,
+from foundation_course.pretraining import (RoundRobinBlocks, bigram_nll, two_sided_bigram_nll, window_schedule, evaluate_lm, lm_metrics, perplexity, pretrain,
                                            sample, save_pretrained_lm, token_nll, top_k_filter, unigram_nll)
 from foundation_course.transformer import Transformer, TransformerConfig
 
@@ -62,6 +62,28 @@ def test_ngram_baselines_match_direct_counting():
     assert bigram_nll(train, val, V, a) == pytest.approx(want_bi)
 
 
+def test_two_sided_bigram_matches_direct_counting():
+    torch.manual_seed(0)
+    V, MASK, alpha = 7, 6, 0.1
+    train, ids = torch.randint(0, 6, (50, 10)), torch.randint(0, 6, (4, 10))
+    labels = torch.full_like(ids, -100)
+    for b, i in [(0, 0), (0, 3), (1, 9), (2, 4), (2, 5), (3, 7)]:  # first and last positions, and two masks side by side
+        labels[b, i], ids[b, i] = ids[b, i], MASK
+    counts = np.zeros((V, V))
+    for row in train.numpy():
+        for a, c in zip(row[:-1], row[1:]):
+            counts[a, c] += 1
+    nxt = (counts + alpha) / (counts.sum(1, keepdims=True) + alpha * V)
+    unigram = (counts.sum(0) + alpha) / (counts.sum() + alpha * V)
+    nll = []
+    for b, i in zip(*np.nonzero(labels.numpy() != -100)):
+        left = ids[b, i - 1].item() if i > 0 else MASK
+        right = ids[b, i + 1].item() if i < 9 else MASK
+        p = (nxt[left] if left != MASK else unigram) * (nxt[:, right] if right != MASK else 1)
+        nll.append(-np.log(p[labels[b, i]] / p.sum()))
+    assert two_sided_bigram_nll(train, ids, labels, V, alpha, hidden_ids=[MASK]) == pytest.approx(np.mean(nll), rel=1e-5)
+
+
 def test_lm_metrics_match_the_models_own_loss(tokenizer):
     blocks = pack_tokens(TEXTS, tokenizer, 16)[:4]
     for causal, collate in ((True, CausalLMCollator(tokenizer.pad_token_id)), (False, MLMCollator(tokenizer, seed=0))):
@@ -95,6 +117,25 @@ def test_pretraining_lowers_held_out_loss_and_beats_a_uniform_guess(tokenizer):
     assert len(result.epochs) == 2 and result.epochs[-1]["step"] == 40
     assert after["ppl"] < before["ppl"] / 3 and after["ppl"] < len(tokenizer) / 10
     assert result.tokens_per_second > 0
+
+
+def test_window_schedule_doubles_then_ends_in_full_attention():
+    assert window_schedule(6, 64) == [2, 4, 8, 16, 32, None]
+    assert window_schedule(10, 256) == [2, 4, 8, 16, 32, 64, 128, None, None, None]
+    assert window_schedule(2, 32) == [2, None] and window_schedule(1, 64) == [None]
+
+
+def test_window_warmup_sets_each_rounds_window_and_leaves_full_attention(tokenizer):
+    blocks = pack_tokens(TEXTS, tokenizer, 16)
+    model = model_for(tokenizer, causal=False)
+    seen = []
+    pretrain(model, blocks[:-4], blocks[-4:], MLMCollator(tokenizer, seed=0), rounds=3, steps=6, batch_size=4,
+             windows=[1, 4, None], on_round_end=lambda epoch, m, row: seen.append(model.attention_window), progress=False)
+    assert seen == [4, None, None] and model.attention_window is None  # the window of the round that comes next
+    with pytest.raises(ValueError, match="end with None"):
+        pretrain(model, blocks[:-4], blocks[-4:], MLMCollator(tokenizer), rounds=2, steps=2, windows=[1, 2], progress=False)
+    with pytest.raises(ValueError, match="one attention window per round"):
+        pretrain(model, blocks[:-4], blocks[-4:], MLMCollator(tokenizer), rounds=3, steps=2, windows=[1, None], progress=False)
 
 
 def test_top_k_and_greedy_sampling_agree_with_transformers(tokenizer, tmp_path):

@@ -6,7 +6,7 @@ from transformers import BertModel
 
 from foundation_course.data import load_text_model, load_tokenizer
 from foundation_course.transformer import (Transformer, TransformerConfig, attention, attention_bias, causal_mask,
-                                           check_tokenizer_fits, from_hf, padding_mask, to_hf)
+                                           check_tokenizer_fits, from_hf, padding_mask, to_hf, window_mask)
 
 
 def small(causal, **kw):
@@ -40,6 +40,24 @@ def test_fully_masked_rows_stay_finite():
     out, _ = attention(*torch.randn(3, 1, 1, 4, 8).unbind(0), bias)
     assert torch.isfinite(out).all()
     assert attention_bias(torch.ones(2, 4), causal=True, n=4) is None  # nothing masked: the fused causal path is used
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_window_hides_distant_tokens_and_none_restores_full_attention(causal):
+    model, (ids, _) = small(causal), batch()
+    assert window_mask(5, 1).int().sum() == 13  # the diagonal and one neighbour on each side
+    full = model(ids).logits
+    model.attention_window = 2
+    local = model(ids).logits
+    changed = ids.clone()
+    changed[:, 3] = (changed[:, 3] + 1) % 300
+    local_changed = model(changed).logits
+    # with 2 layers of ±2, position i sees tokens up to 4 away: position 8 can't see position 3, position 6 can
+    assert torch.equal(local[:, 8], local_changed[:, 8]) and not torch.allclose(local[:, 6], local_changed[:, 6])
+    model.attention_window = None
+    assert torch.equal(model(ids).logits, full) and not torch.allclose(local, full)
+    with pytest.raises(ValueError, match="window must be >= 0"):
+        attention_bias(None, causal, 8, window=-1)
 
 
 @pytest.mark.parametrize("tie", [True, False])
