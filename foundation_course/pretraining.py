@@ -81,6 +81,8 @@ def two_sided_bigram_nll(train_blocks: torch.Tensor, masked_ids: torch.Tensor, l
     log_next = ((counts + alpha) / (counts.sum(1, keepdim=True) + alpha * V)).log()  # log P(next | prev)
     log_unigram = ((counts.sum(0) + alpha) / (counts.sum() + alpha * V)).log()
     b, i = (labels != -100).nonzero(as_tuple=True)
+    if len(b) == 0:
+        raise ValueError("labels mark no masked position (all are -100): there is nothing to score")
     hidden = torch.tensor(list(hidden_ids), dtype=torch.long)
     T = masked_ids.shape[1]
     left, right = masked_ids[b, (i - 1).clamp(min=0)], masked_ids[b, (i + 1).clamp(max=T - 1)]

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from foundation_course.data import CausalLMCollator, MLMCollator, pack_tokens, train_tokenizer
-from foundation_course.pretraining import (RoundRobinBlocks, bigram_nll, two_sided_bigram_nll, window_schedule, evaluate_lm, lm_metrics, perplexity, pretrain,
-                                           sample, save_pretrained_lm, token_nll, top_k_filter, unigram_nll)
+from foundation_course.pretraining import (RoundRobinBlocks, bigram_nll, evaluate_lm, lm_metrics, perplexity, pretrain, sample,
+                                           save_pretrained_lm, token_nll, top_k_filter, two_sided_bigram_nll, unigram_nll,
+                                           window_schedule)
 from foundation_course.transformer import Transformer, TransformerConfig
 
 TEXTS = ["the cat sat on the mat and the dog sat on the log .", "a bird flew over the house and sang a song .",
@@ -82,6 +83,8 @@ def test_two_sided_bigram_matches_direct_counting():
         p = (nxt[left] if left != MASK else unigram) * (nxt[:, right] if right != MASK else 1)
         nll.append(-np.log(p[labels[b, i]] / p.sum()))
     assert two_sided_bigram_nll(train, ids, labels, V, alpha, hidden_ids=[MASK]) == pytest.approx(np.mean(nll), rel=1e-5)
+    with pytest.raises(ValueError, match="no masked position"):
+        two_sided_bigram_nll(train, ids, torch.full_like(ids, -100), V)
 
 
 def test_lm_metrics_match_the_models_own_loss(tokenizer):
