@@ -31,10 +31,10 @@ from torch import nn
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 # %% auto #0
-__all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'cpu_has_bf16', 'seed_everything', 'resolve_profile',
-           'by_profile', 'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops',
-           'project_root', 'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results',
-           'load_results']
+__all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'cpu_has_bf16', 'mixed_precision_for', 'seed_everything',
+           'resolve_profile', 'by_profile', 'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb',
+           'measure_matmul_flops', 'project_root', 'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text',
+           'Results', 'load_results']
 
 # %% ../nbs/00_core.ipynb #0e06447b
 DEVICE_ENV = "FC_DEVICE"
@@ -73,6 +73,12 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
         except OSError:  # not Linux: assume not
             return False
     return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
+
+
+def mixed_precision_for(profile: str) -> str:
+    "The `mixed_precision` for `fit` at `profile`: 'bf16' on a CPU that computes it natively (`cpu_has_bf16`), outside the gpu profile; else 'auto' (bf16 on a GPU that has it, float32 on other CPUs)."
+    return "bf16" if profile != "gpu" and cpu_has_bf16() else "auto"
+
 
 # %% ../nbs/00_core.ipynb #14d32608
 def seed_everything(seed: int = 0, deterministic: bool = True) -> int:

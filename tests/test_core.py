@@ -44,6 +44,14 @@ def test_cpu_has_bf16_reads_the_cpu_flags():
     assert isinstance(core.cpu_has_bf16(), bool)
 
 
+def test_mixed_precision_for_asks_for_bf16_only_on_a_native_cpu_outside_the_gpu_profile(monkeypatch):
+    monkeypatch.setattr(core, "cpu_has_bf16", lambda: True)
+    assert core.mixed_precision_for("cpu") == "bf16" and core.mixed_precision_for("smoke") == "bf16"
+    assert core.mixed_precision_for("gpu") == "auto"
+    monkeypatch.setattr(core, "cpu_has_bf16", lambda: False)
+    assert core.mixed_precision_for("cpu") == "auto"
+
+
 def test_seed_everything_repeats_every_generator():
     import random
     import numpy as np
