@@ -199,6 +199,57 @@ def _search(browser, server, term: str) -> list[str]:
     return [urlparse(h).path.rsplit("/", 1)[-1] for h in hrefs]
 
 
+def _build_site_module():
+    spec = importlib.util.spec_from_file_location("build_site", ROOT / "tools" / "build_site.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_solution_toggle_follows_each_exercise_cell():
+    build = _build_site_module()
+    stub = dict(cell_type="code", metadata={"tags": ["exercise"]}, outputs=[],
+                source='def double(x):\n    "Twice x."\n    raise NotImplementedError("Hint: add")')
+    nb = dict(cells=[stub, dict(cell_type="code", metadata={}, outputs=[], source="check_double(double)")])
+    build.add_solution_toggles(nb, "99_missing")
+    assert len(nb["cells"]) == 2, "a chapter without a solutions file got a toggle"
+    cell = build.solution_cell(["double"], {"double": 'def double(x):\n    "Twice x."\n\n    return 2 * x'})
+    assert cell["source"].startswith('<details class="solution">\n<summary>Show solution</summary>')
+    assert "```python\ndef double(x):" in cell["source"] and cell["source"].endswith("</details>")
+
+
+def _chapters_with_solutions() -> list[str]:
+    return [n for n in _numbered() if (NBS / "solutions" / f"ch{n}.py").exists()]
+
+
+def _html_tables(name: str) -> int:
+    cells = json.loads((NBS / f"{name}.ipynb").read_text())["cells"]
+    return sum("<table" in "".join(o.get("data", {}).get("text/html", "")) for c in cells for o in c.get("outputs", []))
+
+
+def test_chapter_page_shows_figures_tables_and_a_solution_toggle(server):
+    with_solutions = _chapters_with_solutions()
+    if not with_solutions:
+        pytest.skip("no chapter has nbs/solutions/ch<chapter>.py yet")
+    name = max(with_solutions, key=lambda n: (_html_tables(n) > 0, _source_figures(n)))
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{server}{name}.html", wait_until="networkidle", timeout=SITE_PAGES_TIMEOUT_MS)
+        figures = page.eval_on_selector_all("article img", "els => els.filter(e => e.complete && e.naturalWidth > 0).length")
+        tables = page.locator("article .cell_output table").count()
+        toggle = page.locator("details.solution").first
+        assert page.locator("details.solution").count() >= 1, f"{name}: no solution toggle"
+        code = toggle.locator("pre")
+        assert not code.is_visible(), f"{name}: the solution shows before it is asked for"
+        toggle.locator("summary").click()
+        assert code.is_visible() and "def " in code.inner_text(), f"{name}: the toggle did not reveal the solution"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"site-{name}-solution.png"), full_page=True)
+        page.close()
+    assert figures >= _source_figures(name), f"{name}: {figures} figures decoded, the notebook has {_source_figures(name)}"
+    assert tables >= min(_html_tables(name), 1), f"{name}: its DataFrame tables did not render as tables"
+
+
 def test_full_text_search_finds_chapters(server):
     peft = [p.stem for p in NBS.glob("[0-9][0-9]_*.ipynb") if re.search(r"lora|peft", p.stem)]
     with chromium() as browser:

@@ -7,6 +7,7 @@ Everything is discovered: the site has every notebook in nbs/, the chapters in f
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import shutil
@@ -89,6 +90,46 @@ def fill_show_docs(nb: dict, module: str) -> None:
             cell["outputs"] = outputs
 
 
+def solution_sources(chapter: str) -> dict[str, str]:
+    "The reference solutions of a chapter's exercises (nbs/solutions/ch<chapter>.py), by function name."
+    path = NBS / "solutions" / f"ch{chapter}.py"
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    return {n.name: ast.get_source_segment(text, n) for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
+
+
+def _exercise_names(cell: dict) -> list[str]:
+    try:
+        tree = ast.parse(_text(cell["source"]))
+    except SyntaxError:
+        return []
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+
+
+def solution_cell(names: list[str], solutions: dict[str, str]) -> dict | None:
+    "A collapsed 'Show solution' block (HTML <details>: no script, works offline) with the reference code."
+    code = "\n\n\n".join(solutions[n] for n in names if n in solutions)
+    if not code:
+        return None
+    # The fenced code sits between two raw-HTML blocks, so blank lines inside it cannot end the block early.
+    body = f'<details class="solution">\n<summary>Show solution</summary>\n\n```python\n{code}\n```\n\n</details>'
+    return dict(cell_type="markdown", id=f"solution-{names[0]}"[:64], metadata={}, source=body)
+
+
+def add_solution_toggles(nb: dict, chapter: str) -> None:
+    "After each cell tagged `exercise`, a toggle that shows the reference solution."
+    solutions = solution_sources(chapter)
+    cells = []
+    for cell in nb["cells"]:
+        cells.append(cell)
+        if cell["cell_type"] == "code" and "exercise" in cell.get("metadata", {}).get("tags", []):
+            toggle = solution_cell(_exercise_names(cell), solutions)
+            if toggle:
+                cells.append(toggle)
+    nb["cells"] = cells
+
+
 def stage_notebook(src: Path, dest: Path) -> None:
     "Copy one processed notebook for Sphinx; the landing page is executed now (its tables read nbs/) and carries the toctree."
     nb = execute(src) if src.stem == "index" else json.loads(src.read_text(encoding="utf-8"))
@@ -96,6 +137,7 @@ def stage_notebook(src: Path, dest: Path) -> None:
     if module:
         fill_show_docs(nb, module)
     nb["cells"] = [_title_cell(_text(c["source"])) if c["cell_type"] == "raw" else _fix_cell(c) for c in nb["cells"]]
+    add_solution_toggles(nb, src.stem)
     if src.stem == "index":
         nb["cells"].append(dict(cell_type="markdown", id="site-toctree", metadata={}, source=TOCTREE))
     dest.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
