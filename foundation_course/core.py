@@ -8,6 +8,7 @@ Docs: https://foundation-course.github.io/foundation_course/core.html.md"""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,10 +32,11 @@ from torch import nn
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 # %% auto #0
-__all__ = ['DEVICE_ENV', 'PROFILES', 'available_devices', 'get_device', 'cpu_has_bf16', 'mixed_precision_for', 'seed_everything',
-           'resolve_profile', 'by_profile', 'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb',
-           'measure_matmul_flops', 'project_root', 'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text',
-           'Results', 'load_results']
+__all__ = ['DEVICE_ENV', 'PROFILES', 'ARTIFACT_CHAPTERS', 'available_devices', 'get_device', 'cpu_has_bf16',
+           'mixed_precision_for', 'seed_everything', 'resolve_profile', 'by_profile', 'count_parameters', 'Timer',
+           'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops', 'project_root', 'run_dir', 'artifact_dir',
+           'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results', 'relative_path', 'find_artifact',
+           'exercise']
 
 # %% ../nbs/00_core.ipynb #0e06447b
 DEVICE_ENV = "FC_DEVICE"
@@ -280,3 +282,52 @@ def load_results(results_dir: str | Path) -> dict[str, dict]:
         record = json.loads(path.read_text())
         found[record.get("chapter", path.stem)] = record
     return found
+
+# %% ../nbs/00_core.ipynb #518e91ac
+ARTIFACT_CHAPTERS = {  # artefact name -> the chapter that saves it
+    "tokenizer": "04_pretraining", "causal-lm": "04_pretraining",
+    "mlm-general": "04_pretraining", "mlm-domain": "04_pretraining",
+    "simclr-encoder": "05_contrastive",
+    "sentiment-classifier": "07_finetuning", "image-classifier": "07_finetuning",
+    "lora-adapter": "09_lora_peft",
+}
+
+
+def relative_path(path: str | Path) -> Path:
+    "`path` relative to the project root (or the working directory) when inside it, for printing."
+    path = Path(path).resolve()
+    for base in (project_root(), Path.cwd().resolve()):
+        if path.is_relative_to(base):
+            return path.relative_to(base)
+    return path
+
+
+def find_artifact(name: str, profile: str, out_dir: str | Path | None = None,
+                  chapter: str | None = None) -> Path | None:
+    "The folder of the saved artefact `name`, or None with a warning naming the chapter to run first."
+    folder = artifact_dir(name, profile, out_dir)
+    if folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
+        return folder
+    chapter = chapter or ARTIFACT_CHAPTERS.get(name)
+    fix = (f"run chapter {chapter} first (foundation-course run {chapter.split('_')[0]} "
+           f"--profile {profile})" if chapter else "run the chapter that saves it first")
+    warnings.warn(f"The artefact {name!r} is missing ({relative_path(folder)}): {fix}, "
+                  "with the same profile and out_dir; skipping what needs it.", stacklevel=2)
+    return None
+
+# %% ../nbs/00_core.ipynb #55983ca4
+def exercise(check: Callable[..., None]) -> Callable[..., bool]:
+    "Wrap an exercise check: True for a right answer, False for a stub; a wrong answer raises."
+
+    @functools.wraps(check)
+    def run(fn: Callable, *args: Any, **kwargs: Any) -> bool:
+        name = getattr(fn, "__name__", "your answer")
+        try:
+            check(fn, *args, **kwargs)
+        except NotImplementedError as stub:
+            print(f"{name}: not implemented yet. {stub}".rstrip())
+            return False
+        print(f"{name}: correct")
+        return True
+
+    return run

@@ -1,5 +1,7 @@
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +110,62 @@ def test_results_roundtrip(runs_dir):
 def test_matmul_flops_is_positive_and_plausible():
     rate = core.measure_matmul_flops(256, repeats=2, device="cpu")
     assert 1e8 < rate < 1e14
+
+
+@core.exercise
+def check_double(fn) -> None:
+    "Exercise check used by the tests below."
+    assert fn(3) == 6, f"double(3) should be 6, got {fn(3)}"
+
+
+def test_exercise_says_not_implemented_for_a_stub(capsys):
+    def double(x):
+        raise NotImplementedError("Hint: add x to itself.")
+
+    assert check_double(double) is False
+    assert capsys.readouterr().out == "double: not implemented yet. Hint: add x to itself.\n"
+
+
+def test_exercise_says_correct_for_a_right_answer(capsys):
+    def double(x):
+        return x + x
+
+    assert check_double(double) is True
+    assert capsys.readouterr().out == "double: correct\n"
+    assert check_double.__name__ == "check_double" and "Exercise check" in check_double.__doc__
+
+
+def test_exercise_lets_a_wrong_answers_assertion_through(capsys):
+    def double(x):
+        return x * x
+
+    with pytest.raises(AssertionError, match="should be 6, got 9"):
+        check_double(double)
+    assert "correct" not in capsys.readouterr().out
+
+
+def test_find_artifact_returns_a_filled_folder(tmp_path, recwarn):
+    folder = core.artifact_dir("mlm-domain", "smoke", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert core.find_artifact("mlm-domain", "smoke", tmp_path) == folder
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("name,chapter,expected", [
+    ("mlm-domain", None, "run chapter 04_pretraining first (foundation-course run 04 --profile smoke)"),
+    ("my-model", "12_deployment", "run chapter 12_deployment first"),
+    ("my-model", None, "run the chapter that saves it first"),
+])
+def test_find_artifact_warns_with_the_chapter_to_run(tmp_path, capsys, name, chapter, expected):
+    (core.artifact_dir(name, "smoke", tmp_path)).mkdir(parents=True)  # empty: an interrupted save
+    with pytest.warns(UserWarning, match=re.escape(expected)) as caught:
+        assert core.find_artifact(name, "smoke", tmp_path, chapter=chapter) is None
+    assert name in str(caught[0].message)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_relative_path_is_relative_to_the_project():
+    root = core.project_root()
+    assert core.relative_path(root / "runs" / "cpu") == Path("runs/cpu")
+    assert core.relative_path("/") == Path("/")
