@@ -115,3 +115,113 @@ def test_plots_draw_without_error():
     assert [t.get_text() for t in ax.texts] == ["1", "1", "0", "1"]
     ax = ev.reliability_diagram(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([0, 0]))
     assert "ECE" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_mean_std_is_the_sample_std_and_skips_missing_runs():
+    assert ev.mean_std([0.8, None, 0.9]) == pytest.approx((0.85, np.std([0.8, 0.9], ddof=1)))
+    assert ev.mean_std([None]) == (None, None) and ev.mean_std([0.5]) == (0.5, None)
+    assert ev.format_acc(0.8312, None) == "83.1%" and ev.format_acc(0.8, 0.01) == "80.0 ± 1.0%"
+    assert ev.format_acc(None, None) == "not run"
+
+
+def test_paired_bootstrap_degenerate_cases():
+    same = [1, 0, 1, 1, 0]
+    assert ev.paired_bootstrap(same, same) == dict(diff=0.0, low=0.0, high=0.0)
+    assert ev.paired_bootstrap([1] * 50, [0] * 50) == dict(diff=1.0, low=1.0, high=1.0)
+    # A is right on exactly the examples where B is, plus 10 of 100 more: never worse in any resample
+    a, b = [1] * 60 + [0] * 40, [1] * 50 + [0] * 50
+    ci = ev.paired_bootstrap(a, b)
+    assert ci["diff"] == pytest.approx(0.10) and 0.04 <= ci["low"] < 0.10 < ci["high"] <= 0.16
+
+
+def test_paired_bootstrap_matches_resampling_the_examples():
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.8
+    b = np.where(rng.random(400) < 0.7, a, rng.random(400) < 0.75)  # correlated, as paired models are
+    idx = rng.integers(0, 400, size=(20_000, 400))
+    naive = np.percentile(a[idx].mean(1) - b[idx].mean(1), [2.5, 97.5])
+    ci = ev.paired_bootstrap(a, b, n=20_000, seed=1)
+    assert ci["diff"] == pytest.approx(a.mean() - b.mean())
+    assert (ci["low"], ci["high"]) == pytest.approx(tuple(naive), abs=0.004)
+    d = a.astype(float) - b
+    assert ci["high"] - ci["low"] == pytest.approx(2 * 1.96 * d.std() / np.sqrt(400), rel=0.1)
+
+
+def test_paired_bootstrap_rejects_unpaired_or_non_binary_input():
+    with pytest.raises(ValueError, match="same test examples"):
+        ev.paired_bootstrap([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError, match="0/1 or bool"):
+        ev.paired_bootstrap([0.9, 0.2], [1, 0])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        ev.paired_bootstrap([], [])
+
+
+def test_compare_verdicts_on_one_test_set():
+    a, b = [1] * 80 + [0] * 20, [1] * 60 + [0] * 40  # A right wherever B is, and on 20 more
+    v = ev.compare("LoRA", "probe", correct_a=a, correct_b=b)
+    assert v.startswith("LoRA beats probe by 20.0 points (95% CI of LoRA − probe: +")
+    assert v.endswith("; paired bootstrap)")
+    assert ev.compare("probe", "LoRA", correct_a=b, correct_b=a).startswith("LoRA beats probe by 20.0")
+    rng = np.random.default_rng(0)
+    x, y = rng.random(200) < 0.8, rng.random(200) < 0.8  # two models of the same skill
+    v = ev.compare("A", "B", correct_a=x, correct_b=y)
+    ci = ev.paired_bootstrap(x, y)
+    assert ci["low"] < 0 < ci["high"] and v.startswith("tie (A − B = ")
+
+
+def test_compare_seed_lists_use_welchs_t_interval():
+    from scipy import stats
+    a, b = [0.84, 0.85, 0.83, 0.86], [0.80, 0.79, 0.82]
+    want = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    ci = ev.welch_interval(a, b)
+    assert (ci["low"], ci["high"]) == pytest.approx((want.low, want.high), abs=1e-12)
+    assert ev.compare("full", "LoRA", seeds_a=a, seeds_b=b).startswith("full beats LoRA by 4.2 points (95% CI of full − LoRA: +")
+    assert ev.compare("a", "b", seeds_a=[0.80, 0.84], seeds_b=[0.81, 0.83]).startswith("tie (a − b = +0.0")
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        ev.compare("a", "b", seeds_a=[0.8], seeds_b=[0.7, 0.75])
+    with pytest.raises(ValueError, match="not a mix"):
+        ev.compare("a", "b", correct_a=[1, 0], seeds_b=[0.7, 0.75])
+
+
+def probs_with(conf, correct):
+    "Two-class probabilities with top-class confidence `conf`; labels right where `correct` is 1."
+    conf = torch.tensor(conf, dtype=torch.float64)
+    probs = torch.stack([conf, 1 - conf], 1)  # class 0 is always predicted
+    return probs, torch.tensor([0 if c else 1 for c in correct])
+
+
+def test_coverage_accuracy_curve_by_hand_with_ties():
+    probs, labels = probs_with([0.6, 0.8, 0.9, 0.8], [0, 0, 1, 1])
+    curve = ev.coverage_accuracy_curve(probs, labels)
+    assert curve["threshold"].tolist() == [0.9, 0.8, 0.6]  # the tied 0.8s come in together
+    assert curve["coverage"].tolist() == [0.25, 0.75, 1.0]
+    assert curve["accuracy"] == pytest.approx([1.0, 2 / 3, 0.5])
+    with pytest.raises(ValueError, match="n_examples"):
+        ev.coverage_accuracy_curve(probs[:, 0], labels)
+
+
+def test_choose_threshold_takes_the_lowest_threshold_within_the_error_budget():
+    probs, labels = probs_with([0.6, 0.8, 0.9, 0.8], [0, 0, 1, 1])
+    assert ev.choose_threshold(probs, labels, max_error=0.05) == dict(threshold=0.9, coverage=0.25, error=0.0)
+    got = ev.choose_threshold(probs, labels, max_error=0.4)
+    assert (got["threshold"], got["coverage"]) == (0.8, 0.75) and got["error"] == pytest.approx(1 / 3)
+    assert ev.choose_threshold(probs, labels, max_error=0.5)["coverage"] == 1.0
+    # error is not monotone in the threshold: the most confident answer is wrong, the rest right
+    probs, labels = probs_with([0.9, 0.8, 0.7, 0.6], [0, 1, 1, 1])
+    assert ev.choose_threshold(probs, labels, max_error=0.3) == dict(threshold=0.6, coverage=1.0, error=0.25)
+
+
+def test_choose_threshold_abstains_on_everything_when_no_threshold_qualifies():
+    probs, labels = probs_with([0.9, 0.7], [0, 0])
+    with pytest.warns(UserWarning, match="abstains on everything"):
+        got = ev.choose_threshold(probs, labels)
+    assert got["threshold"] == float("inf") and got["coverage"] == 0.0
+    assert ev.selective_report(probs, labels, got["threshold"])["answered"] == 0
+    with pytest.raises(ValueError, match="error rate"):
+        ev.choose_threshold(probs, labels, max_error=5)
+
+
+def test_selective_report_on_new_data():
+    probs, labels = probs_with([0.95, 0.9, 0.7, 0.55], [1, 0, 1, 0])
+    r = ev.selective_report(probs, labels, threshold=0.8)
+    assert r == dict(coverage=0.5, error=0.5, answered=2)
