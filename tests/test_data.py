@@ -194,3 +194,53 @@ def test_text_classification_dataset_errors(tokenizer):
     ds = data.TextClassificationDataset(["a good film", "bad"], [1, 0], tokenizer, max_length=8)
     batch = data.PaddingCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
     assert batch["input_ids"].shape[0] == 2 and batch["labels"].tolist() == [1, 0]
+
+
+def test_standardize_images_uses_the_training_pixels_mean_and_std():
+    images = data.load_images("fashion-mnist").train_images
+    pixels = images.float() / 255
+    assert abs(pixels.mean().item() - data.FASHION_MNIST_MEAN) < 5e-4
+    assert abs(pixels.std().item() - data.FASHION_MNIST_STD) < 5e-4
+    z = data.standardize_images(images[:2000])
+    assert z.dtype == torch.float32 and z.shape == (2000, 28, 28)
+    expected = (images[:2000].float() / 255 - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD
+    assert torch.equal(z, expected)
+    assert data.standardize_images(torch.tensor([0], dtype=torch.uint8)).item() == pytest.approx(-0.286 / 0.353)
+    with pytest.raises(ValueError, match="expects uint8"):
+        data.standardize_images(images[:2].float() / 255)
+
+
+@pytest.mark.parametrize("n_classes", [2, 10])
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 1.0])
+def test_flip_labels_changes_exactly_the_share_asked_to_another_class(n_classes, fraction):
+    labels = np.random.default_rng(1).integers(0, n_classes, size=999)
+    labels[0] = n_classes - 1  # every class up to the last is present
+    new, flipped = data.flip_labels(labels, fraction, seed=3)
+    assert flipped.sum() == round(fraction * 999)
+    assert np.all(new[flipped] != labels[flipped]) and np.array_equal(new[~flipped], labels[~flipped])
+    assert new.min() >= 0 and new.max() < n_classes
+    if n_classes == 2:
+        assert np.array_equal(new[flipped], 1 - labels[flipped])
+    elif fraction == 1.0:  # the new class is spread over the other nine, not always the next one
+        assert len(np.unique((new - labels) % n_classes)) == n_classes - 1
+
+
+def test_flip_labels_is_deterministic_per_seed_and_keeps_the_input():
+    labels = torch.arange(100) % 4
+    kept = labels.clone()
+    a, mask_a = data.flip_labels(labels, 0.2, seed=0)
+    b, mask_b = data.flip_labels(labels, 0.2, seed=0)
+    c, mask_c = data.flip_labels(labels, 0.2, seed=1)
+    assert isinstance(a, torch.Tensor) and torch.equal(a, b) and torch.equal(mask_a, mask_b)
+    assert not torch.equal(mask_a, mask_c)
+    assert torch.equal(labels, kept)
+    few, _ = data.flip_labels([0, 1, 0, 1], 1.0, num_classes=3)
+    assert set(few.tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5])
+def test_flip_labels_rejects_a_fraction_outside_0_1(fraction):
+    with pytest.raises(ValueError, match=f"between 0 and 1 .*got {fraction}"):
+        data.flip_labels([0, 1, 0, 1], fraction)
+    with pytest.raises(ValueError, match="at least two classes"):
+        data.flip_labels([0, 0, 0], 0.5)
