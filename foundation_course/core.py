@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import platform
 import random
@@ -26,17 +27,40 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from tqdm import TqdmWarning
 
-# Libraries' progress bars (tqdm.auto) fall back to text in notebooks without ipywidgets, which is what the
-# course wants (it renders in the committed notebooks and the site); the fallback's warning is noise.
-warnings.filterwarnings("ignore", message="IProgress not found")
+
 
 # %% auto #0
-__all__ = ['DEVICE_ENV', 'PROFILES', 'ARTIFACT_CHAPTERS', 'available_devices', 'get_device', 'cpu_has_bf16',
-           'mixed_precision_for', 'seed_everything', 'resolve_profile', 'by_profile', 'count_parameters', 'Timer',
-           'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops', 'project_root', 'run_dir', 'artifact_dir',
-           'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results', 'relative_path', 'find_artifact',
-           'exercise']
+__all__ = ['QUIET_ENV', 'LIBRARY_MODULES', 'DEVICE_ENV', 'PROFILES', 'ARTIFACT_CHAPTERS', 'quiet_libraries', 'available_devices',
+           'get_device', 'cpu_has_bf16', 'mixed_precision_for', 'seed_everything', 'resolve_profile', 'by_profile',
+           'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops', 'project_root',
+           'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results',
+           'relative_path', 'find_artifact', 'exercise']
+
+# %% ../nbs/00_core.ipynb #322c429d
+QUIET_ENV = {  # read by transformers and huggingface_hub when they are first imported
+    "TRANSFORMERS_VERBOSITY": "error",  # load reports ("LOAD REPORT", newly initialised weights)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the "Loading weights" bar
+}
+LIBRARY_MODULES = r"(?!foundation_course|__main__)"  # any module but the course's and a notebook's
+
+
+def quiet_libraries() -> None:
+    "Hide the libraries' load reports, loading bars, deprecation notices and setup messages."
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # transformers was imported first: the variables came too late
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime"
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARY_MODULES)
+    warnings.filterwarnings("ignore", category=TqdmWarning)  # "IProgress not found"
+
+
+quiet_libraries()
 
 # %% ../nbs/00_core.ipynb #0e06447b
 DEVICE_ENV = "FC_DEVICE"

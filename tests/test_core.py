@@ -1,6 +1,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,27 @@ def test_relative_path_is_relative_to_the_project():
     root = core.project_root()
     assert core.relative_path(root / "runs" / "cpu") == Path("runs/cpu")
     assert core.relative_path("/") == Path("/")
+
+
+LIBRARY_NOISE = ("LOAD REPORT", "newly initialized", "Loading weights", "FutureWarning", "DeprecationWarning",
+                 "TqdmWarning", "IProgress", "No CUDA runtime")
+
+
+def _run_noisy_libraries(when: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in core.QUIET_ENV}  # as in a fresh shell
+    script = Path(__file__).parent / "scripts" / "noisy_libraries.py"
+    done = subprocess.run([sys.executable, str(script), when], capture_output=True, text=True, env=env,
+                          timeout=300, check=True)
+    return done.stdout + done.stderr
+
+
+def test_the_script_is_noisy_without_the_course():
+    out = _run_noisy_libraries("never")
+    assert "LOAD REPORT" in out and "FutureWarning" in out and "TqdmWarning" in out
+
+
+@pytest.mark.parametrize("when", ["course-first", "transformers-first"])
+def test_importing_the_course_quiets_the_libraries_but_not_its_own_warnings(when):
+    out = _run_noisy_libraries(when)
+    assert not [noise for noise in LIBRARY_NOISE if noise in out], out
+    assert "The artefact 'lora-adapter' is missing" in out
