@@ -5,14 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 FC := $(VENV)/bin/foundation-course
-KERNEL := foundation-course
+# One Jupyter kernel per checkout (a second clone must not re-point this one's): named after the folder.
+KERNEL := foundation-course-$(shell printf '%s' "$(CURDIR)" | sha1sum | cut -c1-8)
 PROFILE ?= auto
 DATA_HOME := .data
 PATTERN_CSV := $(DATA_HOME)/pattern/usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee2.csv
 SYSTEM_PACKAGES := dataset-fashion-mnist chromium
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup course test lab docs readme outputs results clean
+.PHONY: setup course test lab docs readme outputs results clean kernel-name
 
 setup: $(VENV)/.stamp-install $(VENV)/.stamp-data $(VENV)/.stamp-system $(VENV)/.stamp-kernel
 
@@ -48,7 +49,7 @@ $(VENV)/.stamp-system:
 	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x $(CHROMIUM) ] && [ -f '$(PATTERN_CSV)' ]; then touch $@; fi
 
 $(VENV)/.stamp-kernel: $(VENV)/.stamp-install
-	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course)" >/dev/null
+	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course, $(notdir $(CURDIR)))" >/dev/null
 	@touch $@
 
 ## Run every chapter headless (default profile: auto) into runs/<profile>/ and print the results.
@@ -62,7 +63,7 @@ test: setup
 
 ## JupyterLab on nbs/ with the course's kernel (registered again, in case another checkout took the name).
 lab: setup
-	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course)" >/dev/null
+	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course, $(notdir $(CURDIR)))" >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## The course site, offline, into _site/html/ (Sphinx, warnings as errors); README.md is regenerated first.
@@ -79,6 +80,9 @@ outputs: setup
 
 results: setup
 	$(FC) results --profile $(PROFILE)
+
+kernel-name:
+	@echo $(KERNEL)
 
 clean:
 	rm -rf runs _proc _docs _site test-artifacts .pytest_cache

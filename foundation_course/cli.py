@@ -8,16 +8,30 @@ Docs: https://foundation-course.github.io/foundation_course/cli.html.md"""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
 import json
+import os
 import shutil
 import sys
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import PROFILES, load_results, project_root, resolve_profile, run_dir
+from foundation_course.core import (
+    PROFILES,
+    available_devices,
+    load_results,
+    project_root,
+    relative_path,
+    resolve_profile,
+    run_dir,
+)
 
 # %% auto #0
-__all__ = ['nbs_dir', 'chapters', 'resolve_chapters', 'ChapterFailed', 'run_chapter', 'commit_outputs', 'results_table', 'main']
+__all__ = ['EXTRA_OF', 'nbs_dir', 'chapters', 'resolve_chapters', 'kernel_name', 'require', 'ChapterFailed', 'run_chapter',
+           'commit_outputs', 'results_table', 'committed_results_dirs', 'main']
 
 # %% ../nbs/90_cli.ipynb #9ce994a3
 def nbs_dir() -> Path:
@@ -36,6 +50,11 @@ def chapters(folder: str | Path | None = None) -> list[str]:
     return [p.stem for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")) if _has_parameters_cell(p)]
 
 
+def _matches(chapter: str, name: str) -> bool:
+    number, title = chapter.split("_", 1)
+    return name in (chapter, number, title)
+
+
 def resolve_chapters(names: list[str], folder: str | Path | None = None) -> list[str]:
     "Match chapter names or their number prefixes (`02`, `02_training`, `training`) to chapters."
     known = chapters(folder)
@@ -43,15 +62,35 @@ def resolve_chapters(names: list[str], folder: str | Path | None = None) -> list
         return known
     picked = []
     for name in names:
-        hits = [c for c in known if c == name or c.split("_", 1)[0] == name or c.split("_", 1)[1] == name]
+        hits = [c for c in known if _matches(c, name)]
         if len(hits) != 1:
             raise SystemExit(f"Unknown chapter {name!r}; chapters: {', '.join(known)}")
         picked.append(hits[0])
     return picked
 
+
+def kernel_name(checkout: str | Path | None = None) -> str:
+    "The Jupyter kernel `make setup` registers for this checkout: one name per checkout folder."
+    folder = str(Path(checkout or project_root()).resolve())
+    return f"foundation-course-{hashlib.sha1(folder.encode()).hexdigest()[:8]}"
+
+
+# Optional dependencies, by import name: the extra of `pyproject.toml` that installs each.
+EXTRA_OF = {"papermill": "course", "nbclient": "course", "nbdev": "dev"}
+
+
+def require(module: str, purpose: str):
+    "Import an optional dependency, or raise an ImportError naming the `pip install` that brings it."
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        extra = EXTRA_OF[module.split(".")[0]]
+        raise ImportError(f"{purpose} needs {module.split('.')[0]}, which the `{extra}` extra "
+                          f"installs: pip install 'foundation_course[{extra}]'") from e
+
 # %% ../nbs/90_cli.ipynb #e5f137f5
 class ChapterFailed(RuntimeError):
-    "A chapter's notebook raised; the message names the chapter, the cell and the error."
+    "A chapter's notebook failed; the message names the chapter, the cell and the cause."
 
 
 def _settle_carriage_returns(text: str) -> str:
@@ -59,15 +98,21 @@ def _settle_carriage_returns(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
+def _continues_stream(merged: list[dict], out: dict) -> bool:
+    return (out.get("output_type") == "stream" and bool(merged)
+            and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"])
+
+
 def _merge_streams(outputs: list[dict]) -> list[dict]:
-    "Join consecutive outputs of the same stream and settle progress-bar redraws, as a notebook front end would."
+    "Join consecutive outputs of one stream and settle progress-bar redraws, as a front end would."
     merged: list[dict] = []
     for out in outputs:
-        if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
-                and merged[-1]["name"] == out["name"]:
+        if _continues_stream(merged, out):
             merged[-1]["text"] += "".join(out["text"])
+        elif out.get("output_type") == "stream":
+            merged.append(dict(out, text="".join(out["text"])))
         else:
-            merged.append(dict(out, text="".join(out["text"])) if out.get("output_type") == "stream" else out)
+            merged.append(out)
     for out in merged:
         if out.get("output_type") == "stream":
             out["text"] = _settle_carriage_returns(out["text"]).splitlines(keepends=True)
@@ -75,9 +120,10 @@ def _merge_streams(outputs: list[dict]) -> list[dict]:
 
 
 def _strip_injected(nb_path: Path) -> None:
-    "Drop papermill's injected-parameters cell and metadata, and settle progress bars, so the notebook reads as its source does."
+    "Drop papermill's injected cell and metadata and settle progress bars: the notebook reads as its source."
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
-    nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    cells = nb["cells"]
+    nb["cells"] = [c for c in cells if "injected-parameters" not in c["metadata"].get("tags", [])]
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
@@ -87,27 +133,71 @@ def _strip_injected(nb_path: Path) -> None:
     nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def run_chapter(chapter: str, profile: str, out_root: str | Path | None = None, kernel: str = "python3",
-                timeout: int | None = None, folder: str | Path | None = None) -> Path:
+def _kernel_config():
+    "Kernels talk over local IPC sockets: no TCP port, so no plain-text transport warning either."
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    return config
+
+
+def _first_line(source: str | list[str]) -> str:
+    text = "".join(source) if isinstance(source, list) else source
+    return next((line for line in text.splitlines() if line.strip()), "")[:80]
+
+
+def _last_started_cell(executed: Path) -> tuple[int | None, str]:
+    "The index and first line of the last cell papermill started, read from the notebook it saves."
+    try:
+        cells = json.loads(executed.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError):
+        return None, ""
+    started = [i for i, c in enumerate(cells) if c["metadata"].get("papermill", {}).get("start_time")]
+    return (started[-1], _first_line(cells[started[-1]]["source"])) if started else (None, "")
+
+
+def _failure(chapter: str, cell: tuple[int | None, str], cause: str, executed: Path) -> ChapterFailed:
+    index, first_line = cell
+    where = (f"in cell {index} of the executed notebook, which starts `{first_line}`"
+             if index is not None else "before its first cell ran")
+    return ChapterFailed(f"{chapter} failed {where}: {cause}. "
+                         f"The executed notebook is {relative_path(executed)}")
+
+
+def run_chapter(chapter: str, profile: str, out_root: str | Path | None = None,
+                kernel: str = "python3", timeout: int | None = None,
+                folder: str | Path | None = None, parameters: dict | None = None) -> Path:
     "Execute one chapter with papermill at `profile`; returns the executed notebook's path."
-    import papermill as pm
+    pm = require("papermill", "Running chapters")
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
     source = (Path(folder) if folder else nbs_dir()) / f"{chapter}.ipynb"
     out = Path(out_root) / profile if out_root else run_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{chapter}.ipynb"
+    injected = dict(profile=profile, out_dir=str(out.resolve()), **(parameters or {}))
     try:
-        pm.execute_notebook(str(source), str(target), parameters=dict(profile=profile, out_dir=str(out.resolve())),
-                            kernel_name=kernel, cwd=str(source.parent), execution_timeout=timeout, progress_bar=False)
+        pm.execute_notebook(str(source), str(target), parameters=injected, kernel_name=kernel,
+                            cwd=str(source.parent), execution_timeout=timeout, progress_bar=False,
+                            config=_kernel_config())
     except pm.PapermillExecutionError as e:
-        first_line = next((line for line in e.source.splitlines() if line.strip()), "")
-        raise ChapterFailed(f"{chapter} failed in cell {e.cell_index} of the executed notebook, which starts `{first_line[:80]}`: "
-                            f"{e.ename}: {e.evalue}. The executed notebook is {target}") from None
+        cause = f"{e.ename}: {e.evalue}"
+        raise _failure(chapter, (e.cell_index, _first_line(e.source)), cause, target) from None
+    except DeadKernelError:
+        cause = ("the kernel died (killed, or out of memory: try a smaller profile, "
+                 "or close other programs)")
+        raise _failure(chapter, _last_started_cell(target), cause, target) from None
+    except CellTimeoutError:
+        cause = f"the cell ran longer than the {timeout} s allowed per cell (raise --timeout)"
+        raise _failure(chapter, _last_started_cell(target), cause, target) from None
     return target
 
 
-def commit_outputs(chapter: str, executed: Path, profile: str, folder: str | Path | None = None) -> None:
-    "Copy an executed notebook back over its source (cleaned, parameters as in the source) and its results beside it."
-    from nbdev.clean import nbdev_clean
+def commit_outputs(chapter: str, executed: Path, profile: str,
+                   folder: str | Path | None = None) -> None:
+    "Copy an executed notebook over its source (cleaned, parameters as in the source), results beside it."
+    nbdev_clean = require("nbdev.clean", "Committing outputs").nbdev_clean
     folder = Path(folder) if folder else nbs_dir()
     target = folder / f"{chapter}.ipynb"
     shutil.copyfile(executed, target)
@@ -119,52 +209,134 @@ def commit_outputs(chapter: str, executed: Path, profile: str, folder: str | Pat
         shutil.copyfile(produced, folder / "results" / profile / f"{chapter}.json")
 
 # %% ../nbs/90_cli.ipynb #6a1757e0
-def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
-    rows = []
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _flatten(metrics: dict, prefix: str = "") -> dict[str, str]:
+    "Nested metrics as `a.b.c` keys with short printable values."
+    rows = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            rows += _flatten(value, f"{name}.")
-        elif isinstance(value, float):
-            rows.append((name, f"{value:.4g}"))
+            rows.update(_flatten(value, f"{name}."))
         else:
-            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-            rows.append((name, text if len(text) <= 60 else text[:57] + "..."))
+            rows[name] = _format_value(value)
     return rows
 
 
-def results_table(results_dir: str | Path, chapter_names: list[str] | None = None) -> str:
-    "Every recorded metric in `results_dir` as one text table, and which chapters have no results yet."
-    found = load_results(results_dir)
-    names = chapter_names if chapter_names is not None else sorted(found)
-    lines, missing = [], [c for c in names if c not in found]
+def _context(label: str, record: dict) -> str:
+    return f"[{label}: {record['device']}, {record['elapsed_s']} s, {record['saved_at']}]"
+
+
+def _chapter_rows(chapter: str, records: dict[str, dict]) -> list[str]:
+    "One chapter's block: where each column ran, then one line per metric with a value per column."
+    labels = list(records)
+    values = {label: _flatten(records[label].get("metrics", {})) for label in labels}
+    keys = list(dict.fromkeys(k for label in labels for k in values[label]))
+    width = max([len(k) for k in keys] + [6])
+    cells = {label: [values[label].get(k, "-") for k in keys] for label in labels}
+    widths = {label: max([len(v) for v in cells[label]] + [len(label)]) for label in labels}
+    lines = [f"{chapter}  " + "  ".join(_context(lb, records[lb]) for lb in labels)]
+    lines.append(f"    {'metric':<{width}}  " + "  ".join(f"{lb:>{widths[lb]}}" for lb in labels))
+    for i, key in enumerate(keys):
+        lines.append(f"    {key:<{width}}  "
+                     + "  ".join(f"{cells[lb][i]:>{widths[lb]}}" for lb in labels))
+    return lines
+
+
+def results_table(folders: dict[str, str | Path], chapter_names: list[str] | None = None) -> str:
+    "Every recorded metric as one text table, a column per results folder (e.g. cpu and gpu)."
+    found = {label: load_results(folder) for label, folder in folders.items()
+             if Path(folder).is_dir()}
+    recorded = sorted({c for records in found.values() for c in records})
+    names = chapter_names if chapter_names is not None else recorded
+    lines = []
     for chapter in names:
-        if chapter in found:
-            rec = found[chapter]
-            lines.append(f"{chapter}  [{rec['profile']} profile, {rec['device']}, {rec['elapsed_s']} s, {rec['saved_at']}]")
-            width = max([len(k) for k, _ in _flatten(rec["metrics"])] + [0])
-            lines += [f"    {k:<{width}}  {v}" for k, v in _flatten(rec["metrics"])]
+        records = {label: found[label][chapter] for label in found if chapter in found[label]}
+        if records:
+            lines += _chapter_rows(chapter, records)
+    missing = [c for c in names if c not in recorded]
     if missing:
-        lines.append(f"No results yet for: {', '.join(missing)} (run: foundation-course run {' '.join(missing)})")
-    return "\n".join(lines) if lines else f"No results in {results_dir}"
+        lines.append(f"No results yet for: {', '.join(missing)} "
+                     f"(run: foundation-course run {' '.join(missing)})")
+    return "\n".join(lines)
+
+
+def committed_results_dirs() -> dict[str, Path]:
+    "The course's own recorded runs, by profile: `nbs/results/cpu` and, where it exists, `nbs/results/gpu`."
+    return {p: nbs_dir() / "results" / p for p in ("cpu", "gpu") if (nbs_dir() / "results" / p).is_dir()}
 
 # %% ../nbs/90_cli.ipynb #5ac41d5e
+def _minutes(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _last_recorded_s(chapter: str, out: Path, profile: str) -> float | None:
+    "How long the chapter's last recorded run took: this output folder's, else the committed one's."
+    for folder in (out / "results", nbs_dir() / "results" / profile):
+        path = folder / f"{chapter}.json"
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8")).get("elapsed_s")
+    return None
+
+
+def _check_device(device: str | None) -> None:
+    if device and device.split(":")[0] not in available_devices():
+        raise SystemExit(f"--device {device} is not available on this machine (available: "
+                         f"{', '.join(available_devices())}); choose one of those or leave it out")
+
+
+def _new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _parameters(pairs: list[list[str]]) -> dict:
+    "`-p name value` pairs; values are read as JSON where they parse (numbers, null), else as text."
+    values = {}
+    for name, text in pairs:
+        try:
+            values[name] = json.loads(text)
+        except ValueError:
+            values[name] = text
+    return values
+
+
 def _run(args) -> int:
     profile = resolve_profile(args.profile)
     names = resolve_chapters(args.chapters)
+    _check_device(args.device)
     if args.commit_outputs and profile != "cpu":
         raise SystemExit("--commit-outputs records the cpu profile only; add --profile cpu")
-    print(f"Running {len(names)} chapter(s) at the {profile} profile into {Path(args.out) / profile if args.out else run_dir(profile)}")
+    out = Path(args.out) / profile if args.out else run_dir(profile)
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    if args.device:
+        os.environ["FC_DEVICE"] = args.device  # the kernels inherit it
+    run_id = os.environ.setdefault("FC_RUN_ID", _new_run_id())
+    print(f"Running {len(names)} chapter(s) at the {profile} profile into {relative_path(out)} "
+          f"(run {run_id})")
+    total = 0.0
     for i, chapter in enumerate(names, 1):
+        last = _last_recorded_s(chapter, out, profile)
         print(f"[{i}/{len(names)}] {chapter} ...", end=" ", flush=True)
         start = time.perf_counter()
         try:
-            executed = run_chapter(chapter, profile, args.out, args.kernel, args.timeout)
+            executed = run_chapter(chapter, profile, args.out, args.kernel, args.timeout,
+                                   parameters=_parameters(args.parameter))
         except ChapterFailed as e:
             print("FAILED")
             print(e, file=sys.stderr)
             return 1
-        print(f"done in {time.perf_counter() - start:.0f} s")
+        elapsed = time.perf_counter() - start
+        total += elapsed
+        before = f"last recorded {_minutes(last)}" if last is not None else "no recorded run"
+        print(f"done in {_minutes(elapsed)} ({before}); course so far {_minutes(total)}", flush=True)
         if args.commit_outputs:
             commit_outputs(chapter, executed, profile)
     return 0
@@ -172,55 +344,94 @@ def _run(args) -> int:
 
 def _predict(args) -> int:
     from foundation_course.deployment import Predictor, read_inputs, write_predictions
+
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
         raise SystemExit(f"--out must end in .csv or .json, got {out.name!r}")
+    _check_device(args.device)
     try:
-        predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+        predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size,
+                              threshold=args.threshold)
         items, names = read_inputs(args.input)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(str(e)) from None
     if (predictor.kind == "image") != Path(args.input).is_dir():
         want = "a folder of images" if predictor.kind == "image" else "a text file with one text per line"
-        raise SystemExit(f"{args.model} is a {predictor.kind} model, so INPUT must be {want}; got {args.input}")
+        raise SystemExit(f"{args.model} is a {predictor.kind} model, so INPUT must be {want}; "
+                         f"got {args.input}")
     rows = predictor.predict(items, names)
     write_predictions(rows, out)
     failed = [r for r in rows if r["error"]]
-    print(f"{len(rows) - len(failed)} predictions written to {out}")
+    abstained = sum(r["label"] == "abstain" for r in rows)
+    note = f", {abstained} abstained (below --threshold {args.threshold})" if abstained else ""
+    print(f"{len(rows) - len(failed)} predictions written to {out}{note}")
     for r in failed:
         print(f"  {r['input']}: {r['error']}", file=sys.stderr)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `foundation-course` command."
-    parser = argparse.ArgumentParser(prog="foundation-course", description="Run the course's chapters and read their results.")
+def _results(args) -> int:
+    if args.dir:
+        folders = {Path(args.dir).name: Path(args.dir)}
+    elif args.committed:
+        folders = committed_results_dirs()
+    elif args.profile:
+        profile = resolve_profile(args.profile)
+        folders = {profile: run_dir(profile) / "results"}
+    else:
+        folders = {p: run_dir(p) / "results" for p in PROFILES}
+    if not any(Path(f).is_dir() and any(Path(f).glob("*.json")) for f in folders.values()):
+        looked = ", ".join(str(relative_path(f)) for f in folders.values()) or "nbs/results/"
+        raise SystemExit(f"No results recorded yet (looked in {looked}): run a chapter first, "
+                         f"e.g. `foundation-course run 00 --profile smoke`; the course's own runs: "
+                         f"`foundation-course results --committed`")
+    print(results_table(folders, chapters()))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foundation-course",
+                                     description="Run the course's chapters and read their results.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the chapters")
     run = sub.add_parser("run", help="execute chapters headless with papermill")
     run.add_argument("chapters", nargs="*", help="chapter names or numbers (default: all)")
     run.add_argument("--profile", default="auto", choices=("auto", *PROFILES))
-    run.add_argument("--out", default=None, help="output root (default: runs/ in the project); writes <out>/<profile>/")
+    run.add_argument("--out", default=None,
+                     help="output root (default: runs/ in the project); writes <out>/<profile>/")
+    run.add_argument("--fresh", action="store_true", help="empty <out>/<profile>/ first")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     run.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
-    run.add_argument("--commit-outputs", action="store_true", help="copy executed notebooks and results back into nbs/ (cpu profile)")
-    res = sub.add_parser("results", help="print every recorded metric as one table")
-    res.add_argument("--profile", default="auto", choices=("auto", *PROFILES))
-    res.add_argument("--dir", default=None, help="results folder (default: runs/<profile>/results)")
-    pred = sub.add_parser("predict", help="predict labels for a text file (one per line) or a folder of images with a saved model")
-    pred.add_argument("model", help="a saved model folder (Hugging Face format, or an image classifier's model.safetensors + config.json)")
+    run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="one more papermill parameter (JSON value)")
+    run.add_argument("--commit-outputs", action="store_true",
+                     help="copy executed notebooks and results back into nbs/ (cpu profile)")
+    res = sub.add_parser("results", help="print every recorded metric, profiles side by side")
+    res.add_argument("--profile", default=None, choices=("auto", *PROFILES),
+                     help="only this profile's run (default: every profile in runs/)")
+    res.add_argument("--committed", action="store_true",
+                     help="the course's recorded runs in nbs/results/ (cpu and gpu)")
+    res.add_argument("--dir", default=None, help="one results folder")
+    pred = sub.add_parser("predict", help="predict labels for a text file (one text per line) "
+                          "or a folder of images with a saved model")
+    pred.add_argument("model", help="a saved model folder (Hugging Face format, or an image "
+                      "classifier's model.safetensors + config.json)")
     pred.add_argument("input", help="a text file with one text per line, or a folder of images")
-    pred.add_argument("--out", required=True, help="where to write the predictions: a .csv or .json file (written atomically)")
-    pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest available)")
+    pred.add_argument("--out", required=True,
+                      help="a .csv or .json file for the predictions (written atomically)")
+    pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest)")
     pred.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    pred.add_argument("--threshold", type=float, default=None,
+                      help="abstain (label `abstain`) below this top-class probability")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `foundation-course` command."
+    args = _parser().parse_args(argv)
     if args.command == "list":
         print("\n".join(chapters()))
         return 0
-    if args.command == "run":
-        return _run(args)
-    if args.command == "predict":
-        return _predict(args)
-    folder = Path(args.dir) if args.dir else run_dir(resolve_profile(args.profile)) / "results"
-    print(results_table(folder, chapters()))
-    return 0
+    commands = dict(run=_run, predict=_predict, results=_results)
+    return commands[args.command](args)
