@@ -48,7 +48,7 @@ $(VENV)/.stamp-system:
 	fi
 	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -x $(CHROMIUM) ] && [ -f '$(PATTERN_CSV)' ]; then touch $@; fi
 
-$(VENV)/.stamp-kernel: $(VENV)/.stamp-install
+$(VENV)/.stamp-kernel: $(VENV)/.stamp-install Makefile
 	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course, $(notdir $(CURDIR)))" >/dev/null
 	@touch $@
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from foundation_course.cli import kernel_name
+
 from conftest import NBS
 from helpers_browser import ARTIFACTS, chromium
 
 BIN = Path(sys.executable).parent
-KERNEL = "foundation-course"  # as `make lab`; a notebook that names python3 gets the same interpreter
+KERNEL = kernel_name()  # as `make lab`: this checkout's own kernel
 FIRST_CELLS = 10  # 00_core up to `device = get_device(); print(...)`: imports, definitions, one output
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 300  # catches a hang; importing torch in a fresh kernel on a loaded 2-core machine is slow
@@ -43,6 +45,14 @@ def _first_chapter() -> str:
     return sorted(NBS.glob("[0-9][0-9]_*.ipynb"))[0].name
 
 
+def test_kernel_spec_is_this_checkouts_own():
+    "`make setup` registers a kernel named after this checkout, running this checkout's interpreter."
+    listed = subprocess.run([str(BIN / "jupyter"), "kernelspec", "list", "--json"], capture_output=True, text=True)
+    specs = json.loads(listed.stdout)["kernelspecs"]
+    assert KERNEL in specs, f"no kernel {KERNEL}: run `make setup`"
+    assert Path(specs[KERNEL]["spec"]["argv"][0]).absolute() == Path(sys.executable).absolute()
+
+
 @pytest.fixture
 def lab(tmp_path):
     "`jupyter lab` on a copy of the first chapter (so autosave can't touch nbs/), bound to 127.0.0.1 with a token."
@@ -55,7 +65,7 @@ def lab(tmp_path):
     token, port = secrets.token_hex(16), _free_port()
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"), FC_RUNS_DIR=str(tmp_path / "runs"))
-    kernel = KERNEL if KERNEL in subprocess.run([str(BIN / "jupyter"), "kernelspec", "list"], capture_output=True, text=True).stdout else "python3"
+    kernel = KERNEL
     server = subprocess.Popen(
         [str(BIN / "jupyter"), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
