@@ -21,9 +21,9 @@ from .core import atomic_write_bytes, atomic_write_text
 from .training import fit
 
 # %% auto #0
-__all__ = ['nt_xent', 'info_nce', 'ImageViews', 'as_float', 'BasicBlock', 'resnet_encoder', 'SimCLR', 'simclr_loss',
-           'extract_features', 'knn_accuracy', 'linear_probe', 'train_classifier', 'augmented_features', 'mean_pool',
-           'SentenceEncoder', 'small_text_encoder', 'simcse_loss', 'encode_sentences', 'sentence_pairs', 'pair_auc',
+__all__ = ['nt_xent', 'info_nce', 'ImageViews', 'to_unit_range', 'BasicBlock', 'resnet_encoder', 'SimCLR', 'simclr_loss',
+           'extract_features', 'knn_accuracy', 'linear_probe', 'train_encoder_classifier', 'augmented_features',
+           'mean_pool', 'SentenceEncoder', 'small_text_encoder', 'simcse_loss', 'encode_sentences', 'sentence_pairs',
            'save_encoder', 'load_encoder']
 
 # %% ../nbs/05_contrastive.ipynb #8fce0904
@@ -50,13 +50,18 @@ def _explain_nan(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> str:
     return f"the similarities overflowed at temperature={temperature}; raise the temperature or compute in float32"
 
 
+def _loss_dtype(x: torch.Tensor) -> torch.dtype:
+    "The dtype a contrastive loss computes in: float32 for bf16/fp16 input (exp of logits overflows them), else x's own."
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     "NT-Xent (InfoNCE over 2N views): `z1[i]` and `z2[i]` are a positive pair, the other 2N-2 views its negatives."
     _check_views(z1, z2, temperature)
-    n = len(z1)
-    z = torch.cat([z1, z2])
+    n, dtype = len(z1), _loss_dtype(z1)
+    z = torch.cat([z1, z2]).to(dtype)
     z = z / z.norm(dim=1, keepdim=True)  # no eps: a zero embedding gives NaN, which is caught and explained below
-    logits = (z @ z.T).float() / temperature
+    logits = (z @ z.T).to(dtype) / temperature  # under autocast the matmul runs in bf16: back to `dtype`
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     loss = F.cross_entropy(logits, partner)
@@ -68,8 +73,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
     "One-directional InfoNCE: `queries[i]`'s positive is `keys[i]`, its negatives the other keys (SimCSE's form)."
     _check_views(queries, keys, temperature)
-    q, k = F.normalize(queries, dim=1), F.normalize(keys, dim=1)
-    loss = F.cross_entropy((q @ k.T).float() / temperature, torch.arange(len(q), device=q.device))
+    dtype = _loss_dtype(queries)
+    q, k = F.normalize(queries.to(dtype), dim=1), F.normalize(keys.to(dtype), dim=1)
+    loss = F.cross_entropy((q @ k.T).to(dtype) / temperature, torch.arange(len(q), device=q.device))
     if not torch.isfinite(loss):
         raise FloatingPointError(f"InfoNCE is {loss.item()}: {_explain_nan(queries, keys, temperature)}")
     return loss
@@ -90,7 +96,7 @@ class ImageViews(Dataset):
         return out if self.labels is None else (out, self.labels[i])
 
 
-def as_float(images: torch.Tensor) -> torch.Tensor:
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     "uint8 images (N, H, W) or (N, C, H, W) as float in [0, 1] with a channel axis: what the encoders see without augmentation."
     images = images[:, None] if images.ndim == 3 else images
     return images.float() / 255
@@ -152,7 +158,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    x = as_float(images) if images.dtype == torch.uint8 else images
+    x = to_unit_range(images) if images.dtype == torch.uint8 else images
     out = torch.cat([encoder(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
     encoder.train(was_training)
     return out
@@ -193,7 +199,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return acc, on_raw
 
 # %% ../nbs/05_contrastive.ipynb #8c7939e8
-def train_classifier(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable, steps: int,
+def train_encoder_classifier(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable, steps: int,
                      lr: float = 3e-3, encoder_lr: float | None = None, head: nn.Linear | None = None,
                      num_classes: int = 10, batch_size: int = 64, seed: int = 0) -> nn.Sequential:
     """`encoder` + a linear head, trained with `fit` for `steps` steps on labeled uint8 images, each augmented by `transform`.
@@ -276,17 +282,6 @@ def sentence_pairs(groups: Sequence[str], labels: Sequence[int]) -> dict[str, np
     return dict(i=i, j=j, same_group=groups[i] == groups[j], same_label=labels[i] == labels[j])
 
 
-def pair_auc(scores: torch.Tensor | np.ndarray, is_positive: torch.Tensor | np.ndarray) -> float:
-    "The probability that a random positive pair scores above a random negative pair (ROC AUC, ties counted half)."
-    scores, is_positive = np.asarray(scores, dtype=np.float64), np.asarray(is_positive, dtype=bool)
-    n_pos, n_neg = int(is_positive.sum()), int((~is_positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"pair_auc needs both positive and negative pairs, got {n_pos} positive and {n_neg} negative")
-    order = scores.argsort(kind="mergesort")
-    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based ranks, ties share their average rank
-    return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 # %% ../nbs/05_contrastive.ipynb #06b1d63e
 def save_encoder(encoder: nn.Module, folder: str | Path, config: dict) -> Path:

@@ -46,24 +46,24 @@ def perplexity(nll: float | torch.Tensor) -> float:
     return float(math.exp(float(nll)))
 
 # %% ../nbs/04_pretraining.ipynb #f025d02a
-def _pairs(blocks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _previous_and_next_ids(blocks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     "(previous, next) token ids of every position after the first in each block."
     return blocks[:, :-1].reshape(-1).numpy().astype(np.int64), blocks[:, 1:].reshape(-1).numpy().astype(np.int64)
 
 
 def unigram_nll(train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size: int, alpha: float = 0.01) -> float:
     "Held-out mean NLL of an add-α unigram model counted on `train_blocks`, on the positions a causal LM predicts."
-    counts = np.bincount(_pairs(train_blocks)[1], minlength=vocab_size)
-    target = _pairs(val_blocks)[1]
+    counts = np.bincount(_previous_and_next_ids(train_blocks)[1], minlength=vocab_size)
+    target = _previous_and_next_ids(val_blocks)[1]
     return float(-np.log((counts[target] + alpha) / (counts.sum() + alpha * vocab_size)).mean())
 
 
 def bigram_nll(train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size: int, alpha: float = 0.01) -> float:
     "Held-out mean NLL of an add-α bigram model P(y | previous token) counted on `train_blocks`."
-    prev, nxt = _pairs(train_blocks)
+    prev, nxt = _previous_and_next_ids(train_blocks)
     codes, counts = np.unique(prev * vocab_size + nxt, return_counts=True)  # sparse: V² pairs would not fit
     context = np.bincount(prev, minlength=vocab_size)
-    vprev, vnext = _pairs(val_blocks)
+    vprev, vnext = _previous_and_next_ids(val_blocks)
     query = vprev * vocab_size + vnext
     at = np.searchsorted(codes, query).clip(max=len(codes) - 1)
     pair = np.where(codes[at] == query, counts[at], 0)
@@ -76,7 +76,7 @@ def two_sided_bigram_nll(train_blocks: torch.Tensor, masked_ids: torch.Tensor, l
     baseline for a masked LM: P(x | l, r) ∝ P(x | l) P(r | x). A neighbour that is missing or hidden (an id in
     `hidden_ids`, such as [MASK]) is left out of the product; with neither, P(x) is the unigram."""
     V = vocab_size
-    prev, nxt = (torch.as_tensor(a) for a in _pairs(train_blocks))
+    prev, nxt = (torch.as_tensor(a) for a in _previous_and_next_ids(train_blocks))
     counts = torch.zeros(V * V).index_add_(0, prev * V + nxt, torch.ones(len(prev))).view(V, V)  # [prev, next]
     log_next = ((counts + alpha) / (counts.sum(1, keepdim=True) + alpha * V)).log()  # log P(next | prev)
     log_unigram = ((counts.sum(0) + alpha) / (counts.sum() + alpha * V)).log()

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'TransformerConfig', 'MultiHeadAttention',
-           'Block', 'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf', 'check_tokenizer_fits']
+__all__ = ['QKV_PARTS', 'attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'TransformerConfig',
+           'MultiHeadAttention', 'Block', 'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf',
+           'check_tokenizer_fits']
 
 # %% ../nbs/03_transformer.ipynb #b97002e0
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,16 +106,19 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, is_causal: bool = False,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        B, T, C = x.shape  # batch, sequence length, d_model
+        nh, hs = self.n_heads, C // self.n_heads  # heads, head size
+        qkv = self.qkv(x).view(B, T, 3, nh, hs)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs): heads become a batch axis
         weights = None
         if return_weights:
             mask = causal_mask(T, x.device) if is_causal and bias is None else None
-            y, weights = attention(q, k, v, bias if bias is not None else mask)
+            y, weights = attention(q, k, v, bias if bias is not None else mask)  # weights (B, nh, T, T)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=is_causal and bias is None,
                                                dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C)), weights
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        return self.proj(y), weights
 
 
 class Block(nn.Module):
@@ -226,40 +230,44 @@ class Transformer(nn.Module):
         return LMOutput(logits, loss, h, weights if return_weights else None)
 
 # %% ../nbs/03_transformer.ipynb #2e2c20e6
-def hf_weight_map(cfg: TransformerConfig, prefix: str | None = None) -> list[tuple[str, str, str | int | None]]:
-    "(our name, transformers name, how) for every weight; how is None (copy), 'T' (transpose) or 0/1/2 (that third of our fused QKV)."
-    pairs: list[tuple[str, str, str | int | None]] = []
+QKV_PARTS = ("query", "key", "value")  # the thirds of our fused QKV projection, in order
+
+
+def hf_weight_map(cfg: TransformerConfig, prefix: str | None = None) -> list[tuple[str, str, str]]:
+    """(our name, transformers name, conversion) for every weight. `conversion` is 'copy', 'transpose' (GPT-2's `Conv1D`
+    stores the matrix transposed) or one of `QKV_PARTS` (that third of our fused QKV is BERT's separate matrix)."""
+    pairs: list[tuple[str, str, str]] = []
     if cfg.causal:
         p = "transformer." if prefix is None else prefix
-        pairs += [("tok.weight", f"{p}wte.weight", None), ("pos.weight", f"{p}wpe.weight", None)]
+        pairs += [("tok.weight", f"{p}wte.weight", "copy"), ("pos.weight", f"{p}wpe.weight", "copy")]
         for i in range(cfg.n_layers):
             b, h = f"blocks.{i}.", f"{p}h.{i}."
             for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-                pairs += [(f"{b}{ours}.{w}", f"{h}{theirs}.{w}", None) for w in ("weight", "bias")]
+                pairs += [(f"{b}{ours}.{w}", f"{h}{theirs}.{w}", "copy") for w in ("weight", "bias")]
             for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.0", "mlp.c_fc"), ("mlp.2", "mlp.c_proj")):
-                pairs += [(f"{b}{ours}.weight", f"{h}{theirs}.weight", "T"), (f"{b}{ours}.bias", f"{h}{theirs}.bias", None)]
-        pairs += [(f"final_norm.{w}", f"{p}ln_f.{w}", None) for w in ("weight", "bias")]
+                pairs += [(f"{b}{ours}.weight", f"{h}{theirs}.weight", "transpose"), (f"{b}{ours}.bias", f"{h}{theirs}.bias", "copy")]
+        pairs += [(f"final_norm.{w}", f"{p}ln_f.{w}", "copy") for w in ("weight", "bias")]
         if not cfg.tie_embeddings and prefix is None:
-            pairs += [("lm_head.weight", "lm_head.weight", None)]
+            pairs += [("lm_head.weight", "lm_head.weight", "copy")]
         return pairs
     p = "bert." if prefix is None else prefix
     e = f"{p}embeddings."
-    pairs += [("tok.weight", f"{e}word_embeddings.weight", None), ("pos.weight", f"{e}position_embeddings.weight", None),
-              ("segment.weight", f"{e}token_type_embeddings.weight", None)]
-    pairs += [(f"emb_norm.{w}", f"{e}LayerNorm.{w}", None) for w in ("weight", "bias")]
+    pairs += [("tok.weight", f"{e}word_embeddings.weight", "copy"), ("pos.weight", f"{e}position_embeddings.weight", "copy"),
+              ("segment.weight", f"{e}token_type_embeddings.weight", "copy")]
+    pairs += [(f"emb_norm.{w}", f"{e}LayerNorm.{w}", "copy") for w in ("weight", "bias")]
     for i in range(cfg.n_layers):
         b, h = f"blocks.{i}.", f"{p}encoder.layer.{i}."
-        for j, name in enumerate(("query", "key", "value")):
-            pairs += [(f"{b}attn.qkv.{w}", f"{h}attention.self.{name}.{w}", j) for w in ("weight", "bias")]
+        for part in QKV_PARTS:
+            pairs += [(f"{b}attn.qkv.{w}", f"{h}attention.self.{part}.{w}", part) for w in ("weight", "bias")]
         for ours, theirs in (("attn.proj", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
                              ("mlp.0", "intermediate.dense"), ("mlp.2", "output.dense"), ("ln2", "output.LayerNorm")):
-            pairs += [(f"{b}{ours}.{w}", f"{h}{theirs}.{w}", None) for w in ("weight", "bias")]
+            pairs += [(f"{b}{ours}.{w}", f"{h}{theirs}.{w}", "copy") for w in ("weight", "bias")]
     if prefix is None:  # the masked-LM head exists only in BertForMaskedLM
-        pairs += [(f"head.0.{w}", f"cls.predictions.transform.dense.{w}", None) for w in ("weight", "bias")]
-        pairs += [(f"head.2.{w}", f"cls.predictions.transform.LayerNorm.{w}", None) for w in ("weight", "bias")]
-        pairs += [("head_bias", "cls.predictions.bias", None), ("head_bias", "cls.predictions.decoder.bias", None)]
+        pairs += [(f"head.0.{w}", f"cls.predictions.transform.dense.{w}", "copy") for w in ("weight", "bias")]
+        pairs += [(f"head.2.{w}", f"cls.predictions.transform.LayerNorm.{w}", "copy") for w in ("weight", "bias")]
+        pairs += [("head_bias", "cls.predictions.bias", "copy"), ("head_bias", "cls.predictions.decoder.bias", "copy")]
         if not cfg.tie_embeddings:
-            pairs += [("lm_head.weight", "cls.predictions.decoder.weight", None)]
+            pairs += [("lm_head.weight", "cls.predictions.decoder.weight", "copy")]
     return pairs
 
 
@@ -288,9 +296,12 @@ def to_hf(model: Transformer, tokenizer=None) -> nn.Module:
     hf = (GPT2LMHeadModel if cfg.causal else BertForMaskedLM)(hf_config(cfg, tokenizer))
     ours = model.state_dict()
     theirs = {}
-    for name, hf_name, how in hf_weight_map(cfg):
+    for name, hf_name, conversion in hf_weight_map(cfg):
         t = ours[name].detach()
-        t = t.T if how == "T" else t.chunk(3, 0)[how] if isinstance(how, int) else t
+        if conversion == "transpose":
+            t = t.T
+        elif conversion in QKV_PARTS:
+            t = t.chunk(3, 0)[QKV_PARTS.index(conversion)]
         theirs[hf_name] = t.contiguous().clone()
     missing, unexpected = hf.load_state_dict(theirs, strict=False)
     untied = [k for k in missing if k not in ("lm_head.weight", "cls.predictions.decoder.weight")]
@@ -324,14 +335,14 @@ def from_hf(hf_model: nn.Module) -> Transformer:
     bare = not any(k.startswith(("transformer.", "bert.")) for k in theirs)
     pairs = hf_weight_map(cfg, prefix="" if bare else None)
     model = Transformer(cfg)
-    weights, thirds = {}, {}
-    for name, hf_name, how in pairs:
+    weights, qkv_parts = {}, {}
+    for name, hf_name, conversion in pairs:
         t = theirs[hf_name]
-        if isinstance(how, int):
-            thirds.setdefault(name, {})[how] = t
+        if conversion in QKV_PARTS:
+            qkv_parts.setdefault(name, {})[conversion] = t
         else:
-            weights[name] = t.T if how == "T" else t
-    weights.update({name: torch.cat([parts[j] for j in range(3)]) for name, parts in thirds.items()})
+            weights[name] = t.T if conversion == "transpose" else t
+    weights.update({name: torch.cat([parts[p] for p in QKV_PARTS]) for name, parts in qkv_parts.items()})
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith(("head", "lm_head")) for k in missing):
         raise RuntimeError(f"Weight map incomplete: missing {missing}, unexpected {unexpected}")

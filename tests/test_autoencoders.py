@@ -30,7 +30,19 @@ def test_random_masking_refuses_bad_ratio(ratio):
         A.random_masking(2, 49, ratio)
 
 
-def test_mae_encoder_sees_a_quarter_and_loss_ignores_visible_patches():
+def masked_patch_mse_by_loop(x, pred, mask, p=4):
+    "The MAE loss by hand: cut each hidden patch out of the image by pixel indices and average the squared errors."
+    grid = x.shape[-1] // p
+    errors = []
+    for n in range(len(x)):
+        for j in torch.nonzero(mask[n]).flatten().tolist():
+            row, col = divmod(j, grid)
+            pixels = x[n, :, row * p:(row + 1) * p, col * p:(col + 1) * p].reshape(-1)
+            errors.append(((pred[n, j] - pixels) ** 2).mean())
+    return torch.stack(errors).mean()
+
+
+def test_mae_encoder_sees_a_quarter_and_loss_is_the_masked_patch_mse():
     torch.manual_seed(0)
     mae = A.MAE(dim=16, depth=1, heads=2, decoder_dim=16)
     x = torch.rand(4, 1, 28, 28)
@@ -41,18 +53,41 @@ def test_mae_encoder_sees_a_quarter_and_loss_ignores_visible_patches():
     assert pred.shape == (4, 49, 16) and mask.sum(1).tolist() == [37] * 4
     torch.manual_seed(1)
     loss = A.mae_loss(mae, (x,))
-    target = A.patchify(x, 4)
-    assert torch.allclose(loss, ((pred - target) ** 2).mean(-1)[mask].mean(), atol=1e-6)
-    changed_visible = torch.where(mask.unsqueeze(-1), pred, torch.zeros_like(pred))  # visible predictions wrong on purpose
-    assert torch.allclose(((changed_visible - target) ** 2).mean(-1)[mask].mean(), loss, atol=1e-6)
+    assert torch.allclose(loss, masked_patch_mse_by_loop(x, pred, mask), atol=1e-6)
     assert A.FeatureExtractor(mae, "features")(x).shape == (4, 16)
 
 
-def test_mae_features_see_every_patch():
+def test_mae_loss_ignores_predictions_of_visible_patches():
+    torch.manual_seed(0)
+    mae = A.MAE(dim=16, depth=1, heads=2, decoder_dim=16)
+    x = torch.rand(4, 1, 28, 28)
+    real_forward = mae.forward
+
+    def losses(change_visible, change_hidden):
+        def forward(images, mask_ratio=None):
+            pred, mask = real_forward(images, mask_ratio)
+            hidden = mask.unsqueeze(-1)
+            return pred + change_visible * ~hidden + change_hidden * hidden, mask
+        mae.forward = forward
+        torch.manual_seed(1)
+        return A.mae_loss(mae, (x,))
+
+    untouched = losses(0.0, 0.0)
+    assert torch.equal(losses(5.0, 0.0), untouched)  # wrong visible predictions cost nothing
+    assert losses(0.0, 5.0) > untouched + 1.0  # wrong hidden predictions do
+
+
+def test_mae_features_are_the_mean_encoder_token_over_all_patches():
     torch.manual_seed(0)
     mae = A.MAE(dim=16, depth=1, heads=2, decoder_dim=16).eval()
     x = torch.rand(2, 1, 28, 28)
-    assert torch.allclose(mae.features(x), mae.features(x), atol=1e-6)  # no masking: no randomness
+    with torch.no_grad():
+        tokens = mae.embed(F.unfold(x, 4, stride=4).transpose(1, 2)) + mae.pos  # all 49 patches, in order
+        expected = mae.norm(mae.encoder(tokens)).mean(1)
+        assert torch.allclose(mae.features(x), expected, atol=1e-6)
+        corner = x.clone()
+        corner[:, :, 24:, 24:] = 0  # the last patch: features see every patch, so this one matters too
+        assert not torch.allclose(mae.features(corner), mae.features(x))
 
 
 def test_conv_autoencoder_learns_to_reconstruct():

@@ -19,17 +19,65 @@ def nt_xent_by_anchor(z1, z2, temperature):
     return total / n2
 
 
-@pytest.mark.parametrize("n,dim,tau", [(2, 4, 0.5), (2, 16, 1000.0), (7, 8, 0.07), (16, 32, 0.2), (5, 3, 50.0)])
-def test_nt_xent_matches_per_anchor_oracle(n, dim, tau):
+def assert_matches_oracle(loss_fn, n, dim, tau, tol=1e-12):
+    "`loss_fn` equals the float64 oracle, value and gradients, on random float64 views."
     g = torch.Generator().manual_seed(n * 100 + dim)
     z1 = torch.randn(n, dim, generator=g, dtype=torch.float64, requires_grad=True)
     z2 = torch.randn(n, dim, generator=g, dtype=torch.float64, requires_grad=True)
-    ours, oracle = C.nt_xent(z1, z2, tau), nt_xent_by_anchor(z1, z2, tau)
-    assert abs(ours.item() - oracle.item()) < 1e-5 * max(1.0, oracle.item())
-    g_ours = torch.autograd.grad(ours, (z1, z2))
-    g_oracle = torch.autograd.grad(oracle, (z1, z2))
-    for a, b in zip(g_ours, g_oracle):
-        assert torch.allclose(a.double(), b, atol=1e-6)
+    ours, oracle = loss_fn(z1, z2, tau), nt_xent_by_anchor(z1, z2, tau)
+    assert ours.dtype == torch.float64
+    assert abs(ours.item() - oracle.item()) < tol * max(1.0, oracle.item())
+    for a, b in zip(torch.autograd.grad(ours, (z1, z2)), torch.autograd.grad(oracle, (z1, z2))):
+        assert torch.allclose(a, b, rtol=0, atol=tol)
+
+
+ORACLE_CASES = [(2, 4, 0.5), (2, 16, 1000.0), (7, 8, 0.07), (16, 32, 0.2), (5, 3, 50.0)]
+
+
+@pytest.mark.parametrize("n,dim,tau", ORACLE_CASES)
+def test_nt_xent_matches_per_anchor_oracle_in_float64(n, dim, tau):
+    assert_matches_oracle(C.nt_xent, n, dim, tau)
+
+
+class _FunctionalWith:
+    "torch.nn.functional with one function replaced: a mutant for the module that imports it as F."
+
+    def __init__(self, **replaced):
+        self.replaced = replaced
+
+    def __getattr__(self, name):
+        return self.replaced.get(name, getattr(F, name))
+
+
+def _cross_entropy_at_temperature_off_by(factor):
+    return lambda logits, target, **kw: F.cross_entropy(logits * factor, target, **kw)
+
+
+def _eye_that_masks_nothing(n, **kw):
+    return torch.zeros(n, n, **kw)
+
+
+@pytest.mark.parametrize("mutant", ["temperature 1% off", "diagonal not masked"])
+def test_oracle_test_fails_when_nt_xent_is_perturbed(monkeypatch, mutant):
+    "A mutation check: the oracle test above must catch a small mistake in nt_xent."
+    if mutant == "temperature 1% off":
+        monkeypatch.setattr(C, "F", _FunctionalWith(cross_entropy=_cross_entropy_at_temperature_off_by(1.01)))
+    else:
+        monkeypatch.setattr(C.torch, "eye", _eye_that_masks_nothing)  # the oracle loops, never calls torch.eye
+    for case in ORACLE_CASES[2:4]:
+        with pytest.raises(AssertionError):
+            assert_matches_oracle(C.nt_xent, *case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss_fn", [C.nt_xent, C.info_nce])
+def test_half_precision_input_is_computed_in_float32(dtype, loss_fn):
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = (torch.randn(8, 16, generator=g).to(dtype) for _ in range(2))
+    loss = loss_fn(z1, z2, 0.1)
+    exact = loss_fn(z1.double(), z2.double(), 0.1)  # the same (rounded) inputs, computed in float64
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - exact.item()) < 1e-5 * max(1.0, exact.item())
 
 
 def test_nt_xent_large_temperature_tends_to_uniform():
@@ -68,13 +116,14 @@ def test_nan_from_a_degenerate_batch_is_explained():
         C.info_nce(z1, nan, 0.5)
 
 
-def test_info_nce_matches_loop():
+def test_info_nce_matches_loop_in_float64():
     g = torch.Generator().manual_seed(3)
     q, k = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
     qn, kn = q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)
     tau = 0.05
     expected = np.mean([-(qn[i] @ kn[i] / tau - torch.logsumexp(qn[i] @ kn.T / tau, 0)).item() for i in range(6)])
-    assert abs(C.info_nce(q, k, tau).item() - expected) < 1e-6
+    loss = C.info_nce(q, k, tau)
+    assert loss.dtype == torch.float64 and abs(loss.item() - expected) < 1e-12
 
 
 def test_knn_accuracy_matches_sklearn():
@@ -88,15 +137,6 @@ def test_knn_accuracy_matches_sklearn():
         assert abs(C.knn_accuracy(ftr, ytr, fte, yte, k=k, chunk=33) - expected) < 1e-9
     with pytest.raises(ValueError, match="k must be between"):
         C.knn_accuracy(ftr, ytr, fte, yte, k=301)
-
-
-def test_pair_auc_matches_sklearn_with_ties():
-    from sklearn.metrics import roc_auc_score
-    rng = np.random.default_rng(0)
-    scores, truth = np.round(rng.normal(size=500), 1), rng.random(500) < 0.4
-    assert abs(C.pair_auc(scores, truth) - roc_auc_score(truth, scores)) < 1e-12
-    with pytest.raises(ValueError, match="positive and negative"):
-        C.pair_auc(scores, np.ones(500, bool))
 
 
 def test_sentence_pairs():

@@ -1,9 +1,12 @@
 """The from-scratch Transformer: attention and masks against PyTorch, weight parity with transformers' GPT-2 and BERT, bad input."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import BertModel
 
+from foundation_course import transformer
 from foundation_course.data import load_text_model, load_tokenizer
 from foundation_course.transformer import (Transformer, TransformerConfig, attention, attention_bias, causal_mask,
                                            check_tokenizer_fits, from_hf, padding_mask, to_hf, window_mask)
@@ -60,8 +63,8 @@ def test_attention_window_hides_distant_tokens_and_none_restores_full_attention(
         attention_bias(None, causal, 8, window=-1)
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_gpt2_parity_both_directions(tie):
+def assert_gpt2_parity(tie):
+    "Our causal model, exported to GPT2LMHeadModel and imported back, gives its logits and loss to 1e-5."
     ours = small(causal=True, tie_embeddings=tie)
     hf = to_hf(ours)
     ids, mask = batch()
@@ -73,8 +76,8 @@ def test_gpt2_parity_both_directions(tie):
         assert (back(ids, mask).logits - b)[mask.bool()].abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_bert_parity_with_bert_model_and_masked_lm(tie):
+def assert_bert_parity(tie):
+    "Our encoder gives BertModel's hidden states and BertForMaskedLM's logits to 1e-5, and survives the round trip."
     ours = small(causal=False, tie_embeddings=tie)
     with torch.no_grad():
         ours.head_bias.normal_()  # zero at init; trained models have a real output bias
@@ -88,6 +91,56 @@ def test_bert_parity_with_bert_model_and_masked_lm(tie):
         assert (ours(ids, mask).logits - hf(input_ids=ids, attention_mask=mask).logits)[mask.bool()].abs().max() < 1e-5
         back = from_hf(hf)
         assert (back(ids, mask).logits - ours(ids, mask).logits).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gpt2_parity_both_directions(tie):
+    assert_gpt2_parity(tie)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_bert_parity_with_bert_model_and_masked_lm(tie):
+    assert_bert_parity(tie)
+
+
+class _FunctionalWith:
+    "torch.nn.functional with some functions replaced: a mutant for the module that imports it as F."
+
+    def __init__(self, **replaced):
+        self.replaced = replaced
+
+    def __getattr__(self, name):
+        return self.replaced.get(name, getattr(F, name))
+
+
+def _attention_scaled_by(factor):
+    def sdpa(q, k, v, **kw):
+        return F.scaled_dot_product_attention(q, k, v, scale=factor / math.sqrt(q.shape[-1]), **kw)
+    return sdpa
+
+
+@pytest.mark.parametrize("assert_parity", [assert_gpt2_parity, assert_bert_parity])
+def test_parity_tests_fail_when_attention_scaling_is_perturbed(monkeypatch, assert_parity):
+    "A mutation check: scores scaled by 1.02/sqrt(d) instead of 1/sqrt(d) must break GPT-2 and BERT parity."
+    monkeypatch.setattr(transformer, "F", _FunctionalWith(scaled_dot_product_attention=_attention_scaled_by(1.02)))
+    with pytest.raises(AssertionError):
+        assert_parity(True)
+    monkeypatch.undo()
+    assert_parity(True)  # and the same check passes unperturbed
+
+
+@pytest.mark.parametrize("assert_parity", [assert_gpt2_parity, assert_bert_parity])
+def test_parity_tests_fail_when_the_mask_value_is_perturbed(monkeypatch, assert_parity):
+    "A mutation check: padding masked with -1 instead of the dtype minimum must break parity on the padded batch."
+    real_bias = transformer.attention_bias
+
+    def bias_with_minus_one(*args, **kw):
+        bias = real_bias(*args, **kw)
+        return None if bias is None else bias.clamp(min=-1.0)
+
+    monkeypatch.setattr(transformer, "attention_bias", bias_with_minus_one)
+    with pytest.raises(AssertionError):
+        assert_parity(True)
 
 
 def test_pretrained_minilm_runs_identically_in_our_code():
