@@ -1,4 +1,4 @@
-"""A pretrained encoder plus a small task head, trained three ways (probe, full fine-tuning, discriminative rates), on movie-review sentiment and on Fashion-MNIST, with the from-scratch baselines beside them.
+"""Task heads on pretrained encoders: probes, full fine-tuning, discriminative rates, baselines.
 
 Docs: https://foundation-course.github.io/foundation_course/finetuning.html.md"""
 
@@ -9,56 +9,78 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
+from tqdm import tqdm
+from transformers import BertConfig, BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from safetensors.torch import load_file, save_file
-
-from .core import artifact_dir, atomic_write_text
-from .data import ImageBackbone, PaddingCollator, TextClassificationDataset, load_image_backbone
-from .training import fit, predict
+from .contrastive import mean_pool
+from .core import atomic_write_text, exercise
+from foundation_course.data import (
+    ImageBackbone,
+    PaddingCollator,
+    TextClassificationDataset,
+    load_image_backbone,
+    load_text_model,
+    load_tokenizer,
+    text_model_path,
+)
+from .training import classification_metrics, fit, param_groups, predict
 
 # %% auto #0
-__all__ = ['POOLINGS', 'PRETRAINED_BY', 'binary_cross_entropy', 'pool', 'EncoderClassifier', 'check_splits', 'check_tokenizer',
-           'load_state_checked', 'load_classifier', 'BucketedBatches', 'first_item', 'text_splits', 'train_classifier',
-           'evaluate_classifier', 'encode_texts', 'train_probe', 'Standardize', 'course_model_dir', 'mean_std',
-           'format_acc', 'save_text_classifier', 'ImageBatcher', 'efficientnet_stages', 'discriminative_groups',
-           'save_image_classifier', 'load_image_classifier', 'MultiTaskModel', 'multitask_loss']
+__all__ = ['POOLINGS', 'binary_cross_entropy', 'pool', 'EncoderClassifier', 'check_splits', 'check_tokenizer',
+           'load_state_checked', 'load_classifier', 'BucketedBatches', 'collate_prebatched', 'text_splits',
+           'train_classifier', 'evaluate_classifier', 'encode_texts', 'train_probe', 'Standardize',
+           'save_text_classifier', 'image_classifier_config', 'preprocess_images', 'ImageBatcher',
+           'efficientnet_stages', 'discriminative_groups', 'save_image_classifier', 'load_image_classifier',
+           'MultiTaskModel', 'multitask_loss', 'check_max_pool', 'check_freeze_all_but']
 
 # %% ../nbs/07_finetuning.ipynb #abf670e9
 def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    "Mean binary cross-entropy of raw scores `logits` against 0/1 `targets`, in the overflow-free form."
+    "Mean binary cross-entropy of raw scores `logits` against 0/1 `targets`, overflow-free."
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape: "
+            "give one score per target (squeeze a (N, 1) head output to (N,))"
+        )
     targets = targets.to(logits.dtype)
     return (logits.clamp(min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))).mean()
 
 
-POOLINGS = ("cls", "mean", "max")
+POOLINGS = ("cls", "mean", "max")  # the pooling rules that `pool` and `EncoderClassifier` know
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    "One vector per sequence from hidden states (B, T, d): the first token (`cls`), or the mean or max over real tokens."
+    "One vector per sequence of hidden states (B, T, d): first token, or mean or max of real ones."
     if how not in POOLINGS:
         raise ValueError(f"Unknown pooling {how!r}; choose one of {', '.join(POOLINGS)}")
+    if hidden.ndim != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"pool needs hidden states (B, T, d) and a mask (B, T); got {tuple(hidden.shape)} and "
+            f"{tuple(attention_mask.shape)}: pass last_hidden_state and the batch's attention_mask"
+        )
     if how == "cls":
         return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     if how == "mean":
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
+        return mean_pool(hidden, attention_mask)
+    padding = attention_mask.unsqueeze(-1) == 0
+    return hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(1)
 
 # %% ../nbs/07_finetuning.ipynb #3bd35b00
 class EncoderClassifier(nn.Module):
-    "A pretrained encoder, a pooling rule, dropout and a linear head; returns logits (and the loss when given labels)."
+    "A pretrained encoder, a pooling rule, dropout and a linear head; logits (and loss)."
 
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(
+        self, encoder: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -66,7 +88,12 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.head(self.dropout(pool(hidden, attention_mask, self.pooling)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
@@ -74,84 +101,123 @@ class EncoderClassifier(nn.Module):
 
 # %% ../nbs/07_finetuning.ipynb #b674ada1
 def check_splits(splits: dict[str, Sequence[int]], num_labels: int) -> None:
-    "Fail before training if a split is empty, a label is outside `0..num_labels-1`, or the `train` split lacks a class."
+    "Fail before training if a split is empty, a label is out of range, or `train` lacks a class."
     for name, labels in splits.items():
         labels = np.asarray(labels)
         if len(labels) == 0:
-            raise ValueError(f"The {name!r} split is empty: check the data loading or subsampling that produced it")
+            raise ValueError(
+                f"The {name!r} split is empty: check the loading or subsampling that produced it"
+            )
         bad = labels[(labels < 0) | (labels >= num_labels)]
         if len(bad):
-            raise ValueError(f"The {name!r} split has label {int(bad[0])}, outside 0..{num_labels - 1} "
-                             f"(num_labels={num_labels}); fix the labels or raise num_labels")
+            raise ValueError(
+                f"The {name!r} split has label {int(bad[0])}, outside 0..{num_labels - 1} "
+                f"(num_labels={num_labels}); fix the labels or raise num_labels"
+            )
     if "train" in splits:
         missing = sorted(set(range(num_labels)) - set(np.asarray(splits["train"]).tolist()))
         if missing:
-            raise ValueError(f"The 'train' split has no example of class(es) {missing} (num_labels={num_labels}); "
-                             f"the head can never learn them: resample the training split (e.g. k_per_class) or drop the class")
+            raise ValueError(
+                f"The 'train' split has no example of class(es) {missing} "
+                f"(num_labels={num_labels}); the head can never learn them: resample the "
+                "training split (e.g. k_per_class) or drop the class"
+            )
 
 
 def check_tokenizer(tokenizer, model: nn.Module) -> None:
-    "Fail if `tokenizer` can't belong to `model`: it makes ids beyond the embedding table, or its vocabulary is far smaller."
+    "Fail if `tokenizer` can't belong to `model`: ids past its embeddings, or far fewer of them."
     vocab_size = model.config.vocab_size
     if len(tokenizer) > vocab_size or len(tokenizer) < 0.9 * vocab_size:
-        raise ValueError(f"The tokenizer ({getattr(tokenizer, 'name_or_path', '?')!r}, {len(tokenizer):,} tokens) does not match the model "
-                         f"({getattr(model.config, '_name_or_path', '?')!r}, vocab_size={vocab_size:,}); "
-                         f"load both from the same folder or Hub name")
+        tok_name = getattr(tokenizer, "name_or_path", "?")
+        model_name = getattr(model.config, "_name_or_path", "?")
+        raise ValueError(
+            f"The tokenizer ({tok_name!r}, {len(tokenizer):,} tokens) does not match the model "
+            f"({model_name!r}, vocab_size={vocab_size:,}); load both from one folder or Hub name"
+        )
 
 # %% ../nbs/07_finetuning.ipynb #ccfcd3e9
 def _shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     own = model.state_dict()
-    return [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-            if k in own and own[k].shape != v.shape]
+    return [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    "Load `state` into `model`, failing with every layer whose shapes differ (and the shapes) instead of a bare size error."
+    "Load `state` into `model`; on a size mismatch, fail naming every layer and both of its shapes."
     mismatched = _shape_mismatches(model, state)
     if mismatched:
-        raise ValueError("The checkpoint does not fit this model; mismatched layers: " + "; ".join(mismatched) +
-                         ". Build the model with the checkpoint's sizes (e.g. its num_labels), or replace the head on purpose")
+        raise ValueError(
+            "The checkpoint does not fit this model; mismatched layers: "
+            + "; ".join(mismatched)
+            + ". Build the model with the checkpoint's sizes (e.g. its num_labels), "
+            "or replace the head on purpose"
+        )
     model.load_state_dict(state)
     return model
 
 
 def _checkpoint_state(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
     state = {}
-    for f in files:
+    for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
     return state
 
 
+def _saved_head_size(folder: Path) -> int | None:
+    "The class count of a saved sequence classifier's head; None if the folder holds no classifier."
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    if "ForSequenceClassification" not in "".join(config.get("architectures") or []):
+        return None
+    return len(config.get("id2label", {}))
+
+
+def _head_mismatches(folder: Path, saved: int, num_labels: int) -> list[str]:
+    found = []
+    for k, v in _checkpoint_state(folder).items():
+        if v.shape[0] == saved and k.startswith(("classifier", "score")):
+            wanted = (num_labels, v.shape[-1]) if v.ndim == 2 else (num_labels,)
+            found.append(f"{k}: checkpoint {tuple(v.shape)} vs model {wanted}")
+    return found
+
+
 def load_classifier(name: str = "minilm", num_labels: int = 2, new_head: bool = False, **kwargs):
-    "A sequence classifier and its tokenizer: an embedded name, a saved folder or a Hub name; a different head size fails unless `new_head`."
-    from foundation_course.data import load_text_model, load_tokenizer, text_model_path
+    "A sequence classifier and its tokenizer from an embedded name, a saved folder or a Hub name."
     path = Path(text_model_path(name))
-    if path.is_dir() and not new_head:
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-        saved = len(config.get("id2label", {})) if "ForSequenceClassification" in "".join(config.get("architectures") or []) else None
-        if saved is not None and saved != num_labels:
-            found = [f"{k}: checkpoint {tuple(v.shape)} vs model ({num_labels}, {v.shape[-1]})" if v.ndim == 2 else
-                     f"{k}: checkpoint {tuple(v.shape)} vs model ({num_labels},)"
-                     for k, v in _checkpoint_state(path).items() if v.shape[0] == saved and k.startswith(("classifier", "score"))]
-            raise ValueError(f"{name!r} has a {saved}-class head and num_labels={num_labels}; mismatched layers: {'; '.join(found)}. "
-                             f"Pass num_labels={saved}, or new_head=True to start a fresh {num_labels}-class head")
-    model = load_text_model(name, task="sequence-classification", num_labels=num_labels,
-                            ignore_mismatched_sizes=new_head, **kwargs)
+    saved = _saved_head_size(path) if path.is_dir() and not new_head else None
+    if saved is not None and saved != num_labels:
+        found = "; ".join(_head_mismatches(path, saved, num_labels))
+        raise ValueError(
+            f"{name!r} has a {saved}-class head and num_labels={num_labels}; mismatched layers: "
+            f"{found}. Pass num_labels={saved}, or new_head=True to start a fresh "
+            f"{num_labels}-class head"
+        )
+    model = load_text_model(
+        name,
+        task="sequence-classification",
+        num_labels=num_labels,
+        ignore_mismatched_sizes=new_head,
+        **kwargs,
+    )
     tokenizer = load_tokenizer(name)
     check_tokenizer(tokenizer, model)
     return model, tokenizer
 
 # %% ../nbs/07_finetuning.ipynb #9e806cd4
 class BucketedBatches(Dataset):
-    "A dataset whose items are whole padded batches of similar-length examples; train with `fit(batch_size=1, collate_fn=first_item)`."
+    "Items are whole padded batches of similar-length examples; train with `collate_prebatched`."
 
-    def __init__(self, dataset: TextClassificationDataset, batch_size: int, pad_token_id: int, seed: int = 0):
+    def __init__(
+        self, dataset: TextClassificationDataset, batch_size: int, pad_token_id: int, seed: int = 0
+    ):
         order = np.argsort([len(ids) for ids in dataset.encodings], kind="stable")
         rng = np.random.default_rng(seed)
-        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         collate = PaddingCollator(pad_token_id)
-        self.batches = [collate([dataset[int(j)] for j in rng.permutation(chunk)]) for chunk in chunks]
+        self.batches = [collate([dataset[int(j)] for j in rng.permutation(c)]) for c in chunks]
 
     def __len__(self):
         return len(self.batches)
@@ -160,60 +226,140 @@ class BucketedBatches(Dataset):
         return self.batches[i]
 
 
-def first_item(items: list) -> dict:
-    "The collate function for `BucketedBatches`: each item already is a batch."
+def collate_prebatched(items: list) -> dict:
+    "The collate function for `BucketedBatches` (loaded one item at a time): the item is the batch."
     return items[0]
 
 
-def text_splits(data, tokenizer, max_length: int = 64, batch_size: int = 32, seed: int = 0,
-                splits: Sequence[str] = ("train", "validation", "test"), num_labels: int = 2) -> dict[str, BucketedBatches]:
+def text_splits(
+    data,
+    tokenizer,
+    max_length: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    splits: Sequence[str] = ("train", "validation", "test"),
+    num_labels: int = 2,
+) -> dict[str, BucketedBatches]:
     "Checked, tokenized, length-bucketed batches of a `SentimentData`'s splits."
     check_splits({s: getattr(data, s).labels for s in splits}, num_labels)
-    return {s: BucketedBatches(TextClassificationDataset(getattr(data, s).texts, getattr(data, s).labels, tokenizer, max_length),
-                               batch_size, tokenizer.pad_token_id, seed) for s in splits}
+    out = {}
+    for s in splits:
+        part = getattr(data, s)
+        encoded = TextClassificationDataset(part.texts, part.labels, tokenizer, max_length)
+        out[s] = BucketedBatches(encoded, batch_size, tokenizer.pad_token_id, seed)
+    return out
 
 # %% ../nbs/07_finetuning.ipynb #a47f28cf
-def train_classifier(model: nn.Module, train: Dataset, val: Dataset, *, epochs: int, lr: float, batched: bool = True,
-                     **fit_kwargs):
-    "Fine-tune a classifier with `fit`, watching validation accuracy and keeping the best epoch; `batched` for `BucketedBatches`."
-    from foundation_course.training import classification_metrics
+def train_classifier(
+    model: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    *,
+    epochs: int,
+    lr: float,
+    batched: bool = True,
+    **fit_kwargs,
+):
+    "Fine-tune with `fit`, keeping the best epoch by validation accuracy."
     if batched:
-        fit_kwargs.update(batch_size=1, collate_fn=first_item)
-    return fit(model, train, epochs=epochs, lr=lr, val_data=val, metrics_fn=classification_metrics,
-               monitor="val_acc", mode="max", **fit_kwargs)
+        fit_kwargs.update(batch_size=1, collate_fn=collate_prebatched)
+    return fit(
+        model,
+        train,
+        epochs=epochs,
+        lr=lr,
+        val_data=val,
+        metrics_fn=classification_metrics,
+        monitor="val_acc",
+        mode="max",
+        **fit_kwargs,
+    )
 
 
-def evaluate_classifier(model: nn.Module, data: Dataset, batched: bool = True, batch_size: int = 256) -> dict[str, float]:
-    "Accuracy and mean cross-entropy of `model` on `data`."
-    logits, labels = predict(model, data, batch_size=1 if batched else batch_size, collate_fn=first_item if batched else None)
-    return dict(acc=(logits.argmax(-1) == labels).float().mean().item(), loss=F.cross_entropy(logits, labels).item())
+def evaluate_classifier(
+    model: nn.Module, data: Dataset, batched: bool = True, batch_size: int = 256
+) -> dict[str, float]:
+    "Accuracy, mean cross-entropy and per-example hits (`correct`) on `data`."
+    collate = collate_prebatched if batched else None
+    size = 1 if batched else batch_size
+    logits, labels = predict(model, data, batch_size=size, collate_fn=collate)
+    correct = (logits.argmax(-1) == labels).cpu().numpy()
+    loss = F.cross_entropy(logits.float(), labels).item()
+    return dict(acc=float(correct.mean()), loss=loss, correct=correct)
 
 # %% ../nbs/07_finetuning.ipynb #e9276c19
 @torch.no_grad()
-def encode_texts(encoder: nn.Module, tokenizer, texts: Sequence[str], pooling: str = "mean", max_length: int = 64,
-                 batch_size: int = 128) -> torch.Tensor:
-    "Pooled features of `texts` from a frozen encoder, in the input order (computed in length-sorted batches)."
+def encode_texts(
+    encoder: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    pooling: str = "mean",
+    max_length: int = 64,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> torch.Tensor:
+    "Pooled features of `texts` from a frozen encoder, in input order."
     encoder.eval()
     device = next(encoder.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
     feats = torch.empty(len(texts), encoder.config.hidden_size)
-    for i in range(0, len(texts), batch_size):
-        idx = order[i:i + batch_size]
-        enc = tokenizer([texts[j] for j in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(device)
-        hidden = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        feats[torch.as_tensor(idx)] = pool(hidden, enc["attention_mask"], pooling).float().cpu()
+    starts = range(0, len(texts), batch_size)
+    for i in tqdm(starts, desc="encode", disable=not progress, mininterval=2.0):
+        idx = order[i : i + batch_size]
+        enc = tokenizer(
+            [texts[j] for j in idx],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        ).to(device)
+        hidden = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        pooled = pool(hidden.last_hidden_state, enc["attention_mask"], pooling)
+        feats[torch.as_tensor(idx)] = pooled.float().cpu()
     return feats
 
 
-def train_probe(train_x: torch.Tensor, train_y, val_x: torch.Tensor, val_y, num_classes: int, *, epochs: int = 20,
-                lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> nn.Linear:
-    "A linear layer trained with `fit` on cached features (standardised with the training features' mean and std); returned on the CPU."
+def train_probe(
+    train_x: torch.Tensor,
+    train_y,
+    val_x: torch.Tensor,
+    val_y,
+    num_classes: int,
+    *,
+    epochs: int = 20,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> nn.Module:
+    "A linear layer trained with `fit` on cached features, standardised by training statistics."
+    if train_x.ndim != 2 or val_x.ndim != 2 or train_x.shape[1] != val_x.shape[1]:
+        raise ValueError(
+            f"train_probe needs features (N, d) for both splits with the same d; got "
+            f"{tuple(train_x.shape)} and {tuple(val_x.shape)}"
+        )
+    if len(train_x) != len(train_y):
+        raise ValueError(f"{len(train_x)} training rows but {len(train_y)} labels")
     torch.manual_seed(seed)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     probe = nn.Sequential(Standardize(mean, std), nn.Linear(train_x.shape[1], num_classes))
-    as_set = lambda x, y: TensorDataset(x, torch.as_tensor(np.asarray(y), dtype=torch.long))
-    train_classifier(probe, as_set(train_x, train_y), as_set(val_x, val_y), epochs=epochs, lr=lr, batched=False,
-                     batch_size=256, weight_decay=weight_decay, progress=False, seed=seed)
+
+    def as_set(x, y):
+        return TensorDataset(x, torch.as_tensor(np.asarray(y), dtype=torch.long))
+
+    train_classifier(
+        probe,
+        as_set(train_x, train_y),
+        as_set(val_x, val_y),
+        epochs=epochs,
+        lr=lr,
+        batched=False,
+        batch_size=256,
+        weight_decay=weight_decay,
+        progress=False,
+        seed=seed,
+        max_steps=max_steps,
+    )
     return probe.cpu().eval()
 
 
@@ -228,37 +374,16 @@ class Standardize(nn.Module):
     def forward(self, x):
         return (x - self.mean) / self.std
 
-# %% ../nbs/07_finetuning.ipynb #ff70295c
-PRETRAINED_BY = {"mlm-general": "04_pretraining", "mlm-domain": "04_pretraining"}
-
-
-def course_model_dir(name: str, profile: str, out_dir: str | Path | None = None) -> Path | None:
-    "The folder of a course artefact such as `mlm-general`, or None (after saying which chapter to run) when it is missing."
-    folder = artifact_dir(name, profile, out_dir)
-    if (folder / "config.json").exists():
-        return folder
-    chapter = PRETRAINED_BY.get(name, "the chapter that saves it")
-    print(f"{name!r} is not in {folder}: run {chapter} first (same profile and out_dir); skipping this part")
-    return None
-
-# %% ../nbs/07_finetuning.ipynb #d6f94759
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    "Mean and sample standard deviation of the non-null values (std None for fewer than two)."
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
-
-
-def format_acc(mean: float | None, std: float | None) -> str:
-    "`83.1%`, `83.1 ± 0.4%`, or `not run`."
-    if mean is None:
-        return "not run"
-    return f"{100 * mean:.1f}%" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}%"
-
 # %% ../nbs/07_finetuning.ipynb #b175949d
-def save_text_classifier(model: nn.Module, tokenizer, folder: str | Path, label_names: Sequence[str]) -> Path:
-    "Save a transformers classifier with readable label names, and its tokenizer, in one folder (safetensors)."
+def save_text_classifier(
+    model: nn.Module, tokenizer, folder: str | Path, label_names: Sequence[str]
+) -> Path:
+    "Save a transformers classifier with readable label names, and its tokenizer, in one folder."
+    if len(label_names) != model.config.num_labels:
+        raise ValueError(
+            f"{len(label_names)} label names for a {model.config.num_labels}-class head: "
+            "give one name per class, in class order"
+        )
     folder = Path(folder)
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {n: i for i, n in enumerate(label_names)}
@@ -267,67 +392,120 @@ def save_text_classifier(model: nn.Module, tokenizer, folder: str | Path, label_
     return folder
 
 # %% ../nbs/07_finetuning.ipynb #03770896
+def image_classifier_config(
+    backbone: ImageBackbone, backbone_name: str, classes: Sequence[str], input_size: int
+) -> dict:
+    "What it takes to rebuild and feed an image classifier: backbone, classes, size, mean, std."
+    return dict(
+        backbone=backbone_name,
+        num_classes=len(classes),
+        input_size=input_size,
+        mean=list(backbone.mean),
+        std=list(backbone.std),
+        class_names=list(classes),
+        head=backbone.head_name,
+        channels_from_grey=True,
+    )
+
+
+def preprocess_images(images: torch.Tensor, config: dict) -> torch.Tensor:
+    "uint8 images, grey (N, H, W) or colour (N, H, W, 3), to `config`'s input (N, 3, size, size)."
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"preprocess_images needs uint8 pixels 0..255, got {images.dtype}: "
+            "pass the raw images, not ones already scaled or normalised"
+        )
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+        raise ValueError(
+            f"preprocess_images needs a batch of grey (N, H, W) or colour (N, H, W, 3) images, "
+            f"got shape {tuple(images.shape)}; a single image becomes a batch with images[None]"
+        )
+    x = images.float().div(255)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    size = config["input_size"]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
 class ImageBatcher:
-    "Collate `(uint8 image (H, W), label)` pairs into a normalised 3-channel batch at `size` pixels (channels-last): every image transformed once."
+    "Collate `(uint8 image, label)` pairs with `preprocess_images`, channels-last: each image once."
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
-        self.size = size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+    def __init__(self, config: dict):
+        self.config = config
 
-    def images(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div(255).unsqueeze(1)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return ((x.expand(-1, 3, -1, -1) - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-    def __call__(self, items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images(torch.stack([i[0] for i in items])), torch.stack([torch.as_tensor(i[1]) for i in items])
+    def __call__(
+        self, items: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = preprocess_images(torch.stack([image for image, _ in items]), self.config)
+        labels = torch.stack([torch.as_tensor(label) for _, label in items])
+        return x.contiguous(memory_format=torch.channels_last), labels
 
 
 def efficientnet_stages(model: nn.Module) -> list[list[nn.Module]]:
-    "EfficientNet's layers from input to output, grouped for discriminative rates: stem, the blocks in 4 groups, head conv, classifier."
+    "EfficientNet's layers, input to output, as stages: stem, 4 block groups, head conv, head."
     blocks = list(model._blocks)
     quarter = math.ceil(len(blocks) / 4)
-    return [[model._conv_stem, model._bn0], *[blocks[i:i + quarter] for i in range(0, len(blocks), quarter)],
-            [model._conv_head, model._bn1], [model._fc]]
+    return [
+        [model._conv_stem, model._bn0],
+        *[blocks[i : i + quarter] for i in range(0, len(blocks), quarter)],
+        [model._conv_head, model._bn1],
+        [model._fc],
+    ]
 
 
-def discriminative_groups(stages: Sequence[Sequence[nn.Module]], lr: float, decay: float = 0.5,
-                          weight_decay: float = 0.01) -> list[dict]:
-    "AdamW parameter groups with learning rate `lr` for the last stage and `lr * decay**k` for the stage k steps below it."
+def discriminative_groups(
+    stages: Sequence[Sequence[nn.Module]], lr: float, decay: float = 0.5, weight_decay: float = 0.01
+) -> list[dict]:
+    "`param_groups` per stage: rate `lr` for the last, `lr * decay**k` for the stage k below it."
     groups = []
     for depth, stage in enumerate(reversed(list(stages))):
-        params = [p for m in stage for p in m.parameters() if p.requires_grad]
         rate = lr * decay**depth
-        groups += [dict(params=[p for p in params if p.ndim >= 2], lr=rate, weight_decay=weight_decay),
-                   dict(params=[p for p in params if p.ndim < 2], lr=rate, weight_decay=0.0)]
+        groups += [dict(g, lr=rate) for g in param_groups(nn.ModuleList(stage), weight_decay)]
     return [g for g in groups if g["params"]]
 
 # %% ../nbs/07_finetuning.ipynb #143c0219
-def save_image_classifier(backbone: ImageBackbone, folder: str | Path, backbone_name: str, classes: Sequence[str],
-                          input_size: int) -> Path:
-    "Save an image classifier: `model.safetensors` and `config.json` (backbone, num_classes, input size, mean/std, class names)."
+def save_image_classifier(
+    backbone: ImageBackbone,
+    folder: str | Path,
+    backbone_name: str,
+    classes: Sequence[str],
+    input_size: int,
+) -> Path:
+    "Save an image classifier as `model.safetensors` and `config.json` (`image_classifier_config`)."
+    head = getattr(backbone.model, backbone.head_name)
+    if head.out_features != len(classes):
+        raise ValueError(
+            f"{len(classes)} class names for a {head.out_features}-class head: "
+            "give one name per class, in class order"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(folder / "model.safetensors"))
-    config = dict(backbone=backbone_name, num_classes=len(classes), input_size=input_size, mean=list(backbone.mean),
-                  std=list(backbone.std), class_names=list(classes), head=backbone.head_name, channels_from_grey=True)
+    state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    config = image_classifier_config(backbone, backbone_name, classes, input_size)
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     return folder
 
 
-def load_image_classifier(folder: str | Path) -> tuple[ImageBackbone, dict]:
-    "Rebuild a classifier saved by `save_image_classifier`; a head of another size fails naming the layer and the shapes."
+def load_image_classifier(folder: str | Path) -> tuple[nn.Module, dict]:
+    "The classifier saved by `save_image_classifier`, in eval mode, and its config."
     folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(
+                f"{name} is missing from {folder}: save the classifier there with "
+                "save_image_classifier (chapter 07 does), or pass the folder that holds both files"
+            )
     config = json.loads((folder / "config.json").read_text())
     backbone = load_image_backbone(config["backbone"], pretrained=False)
-    backbone.set_head(config["num_classes"])
-    load_state_checked(backbone.model, load_file(str(folder / "model.safetensors")))
-    return backbone, config
+    model = backbone.set_head(config["num_classes"])
+    load_state_checked(model, load_file(str(folder / "model.safetensors")))
+    return model.eval(), config
 
 # %% ../nbs/07_finetuning.ipynb #0ea57a0d
 class MultiTaskModel(nn.Module):
-    "One shared encoder and one linear head per task; `forward(x, task)` gives each example the logits of its own task's head."
+    "One shared encoder and one linear head per task; each example gets its own task's logits."
 
     def __init__(self, encoder: nn.Module, width: int, classes_per_task: Sequence[int]):
         super().__init__()
@@ -335,9 +513,13 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(width, n) for n in classes_per_task)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        if task.shape != (len(x),):
+            raise ValueError(
+                f"task needs one task id per example, shape ({len(x)},); got {tuple(task.shape)}"
+            )
         h = self.encoder(x)
         width = max(head.out_features for head in self.heads)
-        out = h.new_full((len(x), width), float("-inf"))
+        out = h.new_full((len(x), width), float("-inf"))  # a smaller head's unused columns
         for t, head in enumerate(self.heads):
             rows = task == t
             if rows.any():
@@ -349,3 +531,38 @@ def multitask_loss(model: MultiTaskModel, batch: Sequence[torch.Tensor]) -> torc
     "Cross-entropy of each example under its own task's head, for batches `(x, task, y)`."
     x, task, y = batch
     return F.cross_entropy(model(x, task), y)
+
+# %% ../nbs/07_finetuning.ipynb #30b7f29d
+@exercise
+def check_max_pool(fn) -> None:
+    "Exercise check: `fn(hidden, mask)` equals `pool(hidden, mask, 'max')`, whatever the padding holds."
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 7, 5) - 3  # real values mostly negative
+    mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [1] + [0] * 6, [1] * 5 + [0] * 2])
+    hidden[mask == 0] = 100.0  # padding holds large values: they must be ignored
+    got, want = fn(hidden, mask), pool(hidden, mask, "max")
+    assert tuple(got.shape) == (4, 5), f"expected one vector per sequence, shape (4, 5); got {tuple(got.shape)}"
+    assert torch.allclose(got, want), (
+        f"sequence 1 (3 real tokens, 4 padding) should give {want[1].round(decimals=3).tolist()}, "
+        f"you gave {got[1].round(decimals=3).tolist()}: does padding win?"
+    )
+
+
+@exercise
+def check_freeze_all_but(fn) -> None:
+    "Exercise check: `fn(model, ['classifier'])` leaves only a small BERT's head trainable, and counts it."
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+    )
+    model = BertForSequenceClassification(config)
+    got = fn(model, ["classifier"])
+    want = 32 * 3 + 3
+    wrong = [n for n, p in model.named_parameters() if p.requires_grad != n.startswith("classifier")]
+    assert not wrong, f"requires_grad is wrong for {wrong[:3]}{' ...' if len(wrong) > 3 else ''}"
+    assert got == want, f"the head has {want} parameters (32 x 3 weights + 3 biases); you counted {got}"
+    model.classifier.weight.requires_grad = False
+    again = fn(model, ["classifier"])
+    assert model.classifier.weight.requires_grad, "a parameter named in `names` must be trainable again"
+    assert again == want, f"after re-freezing, expected {want} trainable; you counted {again}"

@@ -105,25 +105,45 @@ def test_tokenizer_that_does_not_match_the_model_is_refused(tokenizer):
         ft.check_tokenizer(tokenizer, too_small)
 
 
-def test_course_mlm_folder_loads_as_classifier(tokenizer, tmp_path, capsys):
-    assert ft.course_model_dir("mlm-general", "smoke", tmp_path) is None
-    assert "run 04_pretraining first" in capsys.readouterr().out
+def test_course_mlm_folder_loads_as_classifier(tokenizer, tmp_path):
     folder = artifact_dir("mlm-general", "smoke", tmp_path)
     torch.manual_seed(0)
     mlm = BertForMaskedLM(tiny_config(tokenizer))
     mlm.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    found = ft.course_model_dir("mlm-general", "smoke", tmp_path)
-    assert found == folder
-    model, tok = ft.load_classifier(str(found), num_labels=2)
+    model, tok = ft.load_classifier(str(folder), num_labels=2)
     assert isinstance(model, BertForSequenceClassification) and model.config.num_labels == 2
     mlm_state = mlm.state_dict()
     for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.1.output.dense.weight"):
-        assert torch.equal(model.state_dict()[name], mlm_state[name])  # the encoder is the pretrained one
-    sets = ft.TextClassificationDataset(TEXTS, [i % 2 for i in range(len(TEXTS))], tok)
-    batched = ft.BucketedBatches(sets, 8, tok.pad_token_id)
-    result = ft.train_classifier(model, batched, batched, epochs=1, lr=1e-3, progress=False)
-    assert result.best is not None and 0 <= ft.evaluate_classifier(model, batched)["acc"] <= 1
+        assert torch.equal(model.state_dict()[name], mlm_state[name])  # the pretrained encoder
+
+
+def test_train_classifier_keeps_the_best_validation_epoch(tokenizer):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(tokenizer, num_labels=2))
+    data = ft.TextClassificationDataset(TEXTS, [i % 2 for i in range(len(TEXTS))], tokenizer)
+    batched = ft.BucketedBatches(data, 8, tokenizer.pad_token_id)
+    result = ft.train_classifier(model, batched, batched, epochs=3, lr=1e-3, progress=False)
+    assert len(result.epochs) == 3
+    assert result.best["val_acc"] == max(r["val_acc"] for r in result.epochs)
+    # the model handed back is the best epoch's: evaluating it gives that epoch's accuracy
+    assert ft.evaluate_classifier(model, batched)["acc"] == pytest.approx(result.best["val_acc"])
+
+
+def test_evaluate_classifier_gives_known_accuracy_loss_and_hits(tokenizer):
+    model = BertForSequenceClassification(tiny_config(tokenizer, num_labels=2)).eval()
+    with torch.no_grad():  # a head that ignores its input and always says class 1 with logit margin 2
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 2.0]))
+    labels = [1, 1, 1, 0] * 6  # 18 of 24 are class 1
+    data = ft.BucketedBatches(ft.TextClassificationDataset(TEXTS, labels, tokenizer), 5,
+                              tokenizer.pad_token_id)
+    out = ft.evaluate_classifier(model, data)
+    assert out["acc"] == pytest.approx(0.75)
+    want_loss = F.cross_entropy(torch.tensor([[0.0, 2.0]] * 24), torch.tensor(labels)).item()
+    assert out["loss"] == pytest.approx(want_loss, rel=1e-5)
+    order = [int(y) for b in data.batches for y in b["labels"]]  # hits come in the batches' order
+    assert out["correct"].tolist() == [y == 1 for y in order]
 
 
 def test_saved_classifier_with_other_head_size_names_layer_and_shapes(tokenizer, tmp_path):
@@ -154,15 +174,21 @@ def test_image_classifier_round_trip_and_wrong_head(tmp_path):
     folder = ft.save_image_classifier(bb, tmp_path / "img", "efficientnet-lite0", [str(i) for i in range(10)], 64)
     config = json.loads((folder / "config.json").read_text())
     assert config["num_classes"] == 10 and config["input_size"] == 64 and config["mean"] == [0.5, 0.5, 0.5]
-    again, _ = ft.load_image_classifier(folder)
+    again, loaded_config = ft.load_image_classifier(folder)
+    assert isinstance(again, nn.Module) and not again.training and loaded_config == config
     x = torch.randn(2, 3, 64, 64)
-    bb.model.eval(); again.model.eval()
+    bb.model.eval()
     with torch.no_grad():
-        assert torch.allclose(bb.model(x), again.model(x), atol=1e-6)
+        assert torch.allclose(bb.model(x), again(x), atol=1e-6)
     config["num_classes"] = 4
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"_fc\.weight: checkpoint \(10, 1280\) vs model \(4, 1280\)"):
         ft.load_image_classifier(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing .*save_image_classifier"):
+        ft.load_image_classifier(folder)
+    with pytest.raises(ValueError, match="3 class names for a 10-class head"):
+        ft.save_image_classifier(bb, tmp_path / "other", "efficientnet-lite0", ["a", "b", "c"], 64)
 
 
 def test_bucketed_batches_cover_every_example_once_with_little_padding(tokenizer):
@@ -174,14 +200,64 @@ def test_bucketed_batches_cover_every_example_once_with_little_padding(tokenizer
     assert seen == labels
     widths = [b["input_ids"].shape[1] for b in batches.batches]
     assert widths == sorted(widths)  # sorted by length, so each batch pads to nearly its own length
-    assert ft.first_item([batches[0]]) is batches[0]
+    assert ft.collate_prebatched([batches[0]]) is batches[0]
+
+
+IMAGE_CONFIG = dict(input_size=16, mean=[0.5] * 3, std=[0.5] * 3)
 
 
 def test_image_batcher_resizes_and_normalises_once():
     images = torch.full((3, 28, 28), 255, dtype=torch.uint8)
-    x, y = ft.ImageBatcher(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))([(im, torch.tensor(i)) for i, im in enumerate(images)])
+    items = [(im, torch.tensor(i)) for i, im in enumerate(images)]
+    x, y = ft.ImageBatcher(dict(IMAGE_CONFIG, input_size=64))(items)
     assert x.shape == (3, 3, 64, 64) and y.tolist() == [0, 1, 2]
+    assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x, torch.ones_like(x), atol=1e-5)  # white -> 1.0 -> (1 - 0.5) / 0.5
+
+
+def test_preprocess_images_grey_and_colour():
+    grey = ft.preprocess_images(torch.full((2, 28, 28), 255, dtype=torch.uint8), IMAGE_CONFIG)
+    colour = torch.zeros((1, 20, 30, 3), dtype=torch.uint8)
+    colour[..., 0] = 255  # pure red: the channels must stay apart
+    out = ft.preprocess_images(colour, IMAGE_CONFIG)
+    assert grey.shape == (2, 3, 16, 16) and torch.allclose(grey, torch.ones_like(grey))
+    assert out.shape == (1, 3, 16, 16)
+    assert torch.allclose(out[:, 0], torch.ones(1, 16, 16), atol=1e-5)
+    assert torch.allclose(out[:, 1:], -torch.ones(1, 2, 16, 16), atol=1e-5)
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.rand(2, 28, 28), "needs uint8 pixels 0..255, got torch.float32"),
+    (torch.zeros(28, 28, dtype=torch.uint8)[None, None], r"got shape \(1, 1, 28, 28\)"),
+    (torch.zeros(28, dtype=torch.uint8), "images\\[None\\]"),
+])
+def test_preprocess_images_refuses_wrong_dtype_and_shape(images, message):
+    with pytest.raises(ValueError, match=message):
+        ft.preprocess_images(images, IMAGE_CONFIG)
+
+
+def test_wrong_shapes_get_clear_errors(tokenizer):
+    with pytest.raises(ValueError, match=r"logits \(4, 1\) and targets \(4,\) differ"):
+        ft.binary_cross_entropy(torch.zeros(4, 1), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"hidden states \(B, T, d\) and a mask \(B, T\)"):
+        ft.pool(torch.zeros(2, 5, 3), torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"one task id per example, shape \(3,\)"):
+        ft.MultiTaskModel(nn.Linear(4, 6), 6, [2])(torch.zeros(3, 4), torch.zeros(3, 1).long())
+    with pytest.raises(ValueError, match="the same d"):
+        ft.train_probe(torch.zeros(4, 3), [0, 1, 0, 1], torch.zeros(2, 5), [0, 1], 2)
+    with pytest.raises(ValueError, match="4 training rows but 3 labels"):
+        ft.train_probe(torch.zeros(4, 3), [0, 1, 0], torch.zeros(2, 3), [0, 1], 2)
+    model = BertForSequenceClassification(tiny_config(tokenizer, num_labels=2))
+    with pytest.raises(ValueError, match="3 label names for a 2-class head"):
+        ft.save_text_classifier(model, tokenizer, "unused", ["a", "b", "c"])
+
+
+def test_train_probe_learns_a_separable_problem():
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    y = (x[:, 0] + x[:, 1] > 0).long()  # a linear rule: a linear probe can reach 100%
+    probe = ft.train_probe(x[:150], y[:150], x[150:], y[150:], 2, epochs=60, lr=5e-2)
+    assert (probe(x[150:]).argmax(-1) == y[150:]).float().mean().item() >= 0.96
 
 
 def test_discriminative_groups_halve_the_rate_per_stage_down():
@@ -215,13 +291,6 @@ def test_multitask_model_uses_each_examples_own_head():
     expected = torch.cat([F.cross_entropy(model.heads[0](h[task == 0]), y[task == 0], reduction="sum").unsqueeze(0),
                           F.cross_entropy(model.heads[1](h[task == 1]), y[task == 1], reduction="sum").unsqueeze(0)]).sum() / 5
     assert torch.allclose(ft.multitask_loss(model, (x, task, y)), expected)
-
-
-def test_mean_std_and_format():
-    assert ft.mean_std([0.8, None, 0.9]) == pytest.approx((0.85, np.std([0.8, 0.9], ddof=1)))
-    assert ft.mean_std([None]) == (None, None) and ft.mean_std([0.5]) == (0.5, None)
-    assert ft.format_acc(0.8312, None) == "83.1%" and ft.format_acc(0.8, 0.01) == "80.0 ± 1.0%"
-    assert ft.format_acc(None, None) == "not run"
 
 
 def test_encode_texts_keeps_input_order(tokenizer):
