@@ -29,14 +29,12 @@ def text_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from safetensors.torch import save_file
+    from foundation_course.finetuning import save_image_classifier
     folder = tmp_path_factory.mktemp("image-model")
     torch.manual_seed(0)
-    model = load_image_backbone("efficientnet-lite0", pretrained=False).set_head(3)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(dict(backbone="efficientnet-lite0", num_classes=3, input_size=32, mean=[0.5] * 3,
-                                                        std=[0.5] * 3, class_names=["a", "b", "c"], head="_fc", channels_from_grey=True)))
-    return folder
+    backbone = load_image_backbone("efficientnet-lite0", pretrained=False)
+    backbone.set_head(3)
+    return save_image_classifier(backbone, folder, "efficientnet-lite0", ["a", "b", "c"], input_size=32)
 
 
 TEXTS = ["a lovely film", "dull and far too long, with no jokes that land", "fine"]
@@ -134,7 +132,8 @@ def test_image_predictor_reports_undecodable_files(image_folder, tmp_path):
     rows = dep.Predictor(image_folder, device="cpu", batch_size=2).predict(items, names)
     by_name = {r["input"]: r for r in rows}
     assert set(by_name) == {"img0.png", "img1.png", "img2.png", "colour.jpg", "broken.png"}
-    assert "cannot decode image" in by_name["broken.png"]["error"] and by_name["broken.png"]["label"] is None
+    assert by_name["broken.png"]["error"].startswith("cannot decode image: UnidentifiedImageError")
+    assert str(tmp_path) not in by_name["broken.png"]["error"] and by_name["broken.png"]["label"] is None
     assert all(by_name[n]["label"] in ("a", "b", "c") and by_name[n]["error"] is None for n in by_name if n != "broken.png")
 
 
@@ -186,3 +185,113 @@ def test_read_inputs_text_lines_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no files"):
         dep.read_inputs(tmp_path / "empty")
+
+
+def test_predictor_threshold_marks_low_confidence_rows_abstain_and_keeps_probabilities(text_folder):
+    texts = ["a lovely film", "dull and far too long, with no jokes that land", "fine"]
+    plain = dep.Predictor(text_folder, device="cpu").predict(texts)
+    confidences = sorted(r["probability"] for r in plain)
+    cut = (confidences[0] + confidences[1]) / 2  # between the least and the next least confident
+    rows = dep.Predictor(text_folder, device="cpu", threshold=cut).predict(texts)
+    for r, p in zip(rows, plain):
+        assert r["probs"] == p["probs"] and r["probability"] == p["probability"]
+        assert r["label"] == (dep.ABSTAIN if p["probability"] < cut else p["label"])
+    assert [r["label"] for r in rows].count("abstain") == 1
+    everything = dep.Predictor(text_folder, device="cpu", threshold=float("inf")).predict(texts)
+    assert {r["label"] for r in everything} == {"abstain"}
+    assert [r["label"] for r in dep.Predictor(text_folder, device="cpu", threshold=0.0).predict(texts)] == [
+        r["label"] for r in plain]
+    with pytest.raises(ValueError, match="threshold is a confidence"):
+        dep.Predictor(text_folder, threshold=-0.1)
+
+
+def test_predictor_and_adapter_loader_refuse_pickle_checkpoints(tmp_path):
+    from safetensors.torch import load_file
+    model, tok = tiny_classifier()
+    folder = tmp_path / "pickled"
+    model.config.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the old pickle format
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin is a pickle checkpoint.*save_pretrained"):
+        dep.Predictor(folder, device="cpu")
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="no .safetensors weights"):
+        dep.Predictor(folder, device="cpu")
+    peft_model, _ = lora_model()
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    weights = adapter / "adapter_model.safetensors"
+    torch.save(load_file(str(weights)), adapter / "adapter_model.bin")
+    weights.unlink()
+    with pytest.raises(ValueError, match=r"adapter_model\.bin is a pickle checkpoint"):
+        dep.load_lora_adapter(adapter, tiny_classifier()[0])
+
+
+def test_image_predictor_refuses_a_pickled_model_file(image_folder, tmp_path):
+    import shutil
+    folder = tmp_path / "pt"
+    shutil.copytree(image_folder, folder)
+    (folder / "model.safetensors").rename(folder / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt is a pickle checkpoint"):
+        dep.Predictor(folder, device="cpu")
+
+
+def test_predictor_rejects_wrong_input_types_and_shapes_with_the_fix(text_folder, image_folder):
+    text = dep.Predictor(text_folder, device="cpu")
+    with pytest.raises(TypeError, match=r"pass \[item\]"):
+        text.predict("a lovely film")
+    with pytest.raises(TypeError, match=r"items\[1\] is a int.*pass strings"):
+        text.predict(["fine", 3])
+    with pytest.raises(ValueError, match="2 items but 1 names"):
+        text.predict(["fine", "good"], ["only one"])
+    image = dep.Predictor(image_folder, device="cpu")
+    with pytest.raises(ValueError, match=r"items\[0\] is a torch.float32 tensor.*must be uint8"):
+        image.predict([torch.rand(28, 28)])
+    with pytest.raises(ValueError, match=r"shape \(3, 28, 28\).*\(H, W, 3\)"):
+        image.predict([torch.zeros(3, 28, 28, dtype=torch.uint8)])
+    with pytest.raises(TypeError, match="image file paths or uint8 tensors"):
+        image.predict([np.zeros((28, 28), dtype=np.uint8)])
+    grey, colour = torch.zeros(28, 28, dtype=torch.uint8), torch.zeros(20, 24, 3, dtype=torch.uint8)
+    rows = image.predict([grey, colour], ["grey", "colour"])
+    assert all(r["error"] is None and r["label"] in ("a", "b", "c") for r in rows)
+
+
+class Doubler(nn.Module):
+    def forward(self, x):
+        if x.shape[-1] != 4:
+            raise ValueError("Doubler needs 4 features")
+        return 2 * x
+
+
+def test_try_compile_reports_a_failing_compiler_and_passes_other_errors_through(monkeypatch):
+    import torch._dynamo
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    torch._dynamo.reset()
+    compiled, reason = dep.try_compile(Doubler(), dict(x=torch.ones(2, 4)), backend=no_compiler)
+    assert compiled is None
+    assert reason.startswith("BackendCompilerFailed (RuntimeError: no C++ compiler found")
+    torch._dynamo.reset()
+    compiled, reason = dep.try_compile(Doubler(), dict(x=torch.ones(2, 4)), backend="eager")
+    assert reason == "ok" and torch.equal(compiled(torch.ones(1, 4)), 2 * torch.ones(1, 4))
+    with pytest.raises(ValueError, match="needs 4 features"):  # the model's own bug is not swallowed
+        dep.try_compile(Doubler(), dict(x=torch.ones(2, 3)), backend="eager")
+
+    def unsupported_platform(model, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+    monkeypatch.setattr(torch, "compile", unsupported_platform)
+    assert dep.try_compile(Doubler(), dict(x=torch.ones(2, 4))) == (
+        None, "RuntimeError: torch.compile is not supported on this platform")
+
+
+def test_onnx_pieces_name_the_deploy_extra_when_missing(monkeypatch, tmp_path):
+    with pytest.raises(ImportError, match=r"pip install 'foundation_course\[deploy\]'"):
+        dep.import_deploy_extra("onnx_not_installed_here")
+    real = dep.importlib.import_module
+    monkeypatch.setattr(dep.importlib, "import_module",
+                        lambda name: real("onnx_missing") if name == "onnxruntime" else real(name))
+    with pytest.raises(ImportError, match=r"onnxruntime is not installed.*\[deploy\]"):
+        dep.OnnxClassifier(tmp_path / "m.onnx")
