@@ -8,6 +8,7 @@ Docs: https://foundation-course.github.io/foundation_course/core.html.md"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -15,9 +16,11 @@ import os
 import platform
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,11 +35,11 @@ from tqdm import TqdmWarning
 
 
 # %% auto #0
-__all__ = ['QUIET_ENV', 'LIBRARY_MODULES', 'DEVICE_ENV', 'PROFILES', 'ARTIFACT_CHAPTERS', 'quiet_libraries', 'available_devices',
-           'get_device', 'cpu_has_bf16', 'mixed_precision_for', 'seed_everything', 'resolve_profile', 'by_profile',
-           'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb', 'measure_matmul_flops', 'project_root',
-           'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text', 'Results', 'load_results',
-           'relative_path', 'find_artifact', 'exercise']
+__all__ = ['QUIET_ENV', 'LIBRARY_MODULES', 'DEVICE_ENV', 'PROFILES', 'RUN_ID_ENV', 'ARTIFACT_CHAPTERS', 'quiet_libraries',
+           'available_devices', 'get_device', 'cpu_has_bf16', 'mixed_precision_for', 'seed_everything',
+           'resolve_profile', 'by_profile', 'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb',
+           'measure_matmul_flops', 'project_root', 'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text',
+           'run_id', 'git_commit', 'cpu_cores', 'Results', 'load_results', 'relative_path', 'find_artifact', 'exercise']
 
 # %% ../nbs/00_core.ipynb #322c429d
 QUIET_ENV = {  # read by transformers and huggingface_hub when they are first imported
@@ -192,6 +195,9 @@ def peak_memory_mb() -> dict[str, float]:
     return peaks
 
 # %% ../nbs/00_core.ipynb #747d10eb
+_measured: dict[str, float] = {}  # the best matmul rate measured in this process
+
+
 def measure_matmul_flops(n: int = 2048, repeats: int = 5, device: torch.device | str | None = None,
                          dtype: torch.dtype = torch.float32) -> float:
     "The best FLOP/s of an `n`x`n` matmul on `device` over `repeats` timed runs (one warm-up first)."
@@ -207,7 +213,9 @@ def measure_matmul_flops(n: int = 2048, repeats: int = 5, device: torch.device |
             torch.cuda.synchronize()
         if i:
             best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    rate = 2 * n**3 / best
+    _measured["matmul_flops"] = max(rate, _measured.get("matmul_flops", 0.0))
+    return rate
 
 # %% ../nbs/00_core.ipynb #9395e2b8
 def project_root(start: str | Path | None = None) -> Path:
@@ -231,20 +239,45 @@ def artifact_dir(name: str, profile: str, out_dir: str | Path | None = None) -> 
     return run_dir(profile, out_dir) / "artifacts" / name
 
 
+def _file_mode() -> int:
+    "The mode a new file gets under the current umask (0644 under the usual 022)."
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    "The same kind of error, with the path and what to do about it."
+    if err.errno == errno.ENOSPC:
+        fix = "free some disk space there"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable"
+    else:
+        fix = "check the folder"
+    return type(err)(err.errno, f"Could not write {path} ({err.strerror or err}): {fix}, or write "
+                     "somewhere else with out_dir=... (or the FC_RUNS_DIR variable)")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` so that readers see the old file or the new one, never a partial one."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode())  # mkstemp makes it private (0600)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
         raise
     return path
 
@@ -270,6 +303,33 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+RUN_ID_ENV = "FC_RUN_ID"
+_PROCESS_RUN_ID = uuid.uuid4().hex[:12]
+
+
+def run_id() -> str:
+    "The id of this run: `$FC_RUN_ID` when one command runs every chapter, else one per process."
+    return os.environ.get(RUN_ID_ENV) or _PROCESS_RUN_ID
+
+
+def git_commit() -> str:
+    "The short hash of the project's checked-out commit, or 'unknown' (no checkout, or no git)."
+    root = project_root()
+    if not (root / "nbs").is_dir():
+        return "unknown"
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+def cpu_cores() -> int:
+    "The CPU cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass
 class Results:
     "The measured results of one chapter at one profile, saved as `<run_dir>/results/<chapter>.json`."
@@ -280,6 +340,7 @@ class Results:
 
     def __post_init__(self):
         self.started = time.perf_counter()
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     @property
     def path(self) -> Path:
@@ -291,11 +352,15 @@ class Results:
         return self.metrics
 
     def save(self) -> Path:
-        "Write the results file atomically, with the run's context (device, versions, elapsed time)."
+        "Write the results file atomically, with the run's provenance, machine and elapsed time."
         record = dict(chapter=self.chapter, profile=self.profile, metrics=self.metrics,
-                      device=str(get_device()), torch=torch.__version__, python=platform.python_version(),
-                      threads=torch.get_num_threads(), elapsed_s=round(time.perf_counter() - self.started, 1),
+                      run_id=run_id(), git_commit=git_commit(), started_at=self.started_at,
+                      device=str(get_device()), cpu_cores=cpu_cores(), threads=torch.get_num_threads(),
+                      torch=torch.__version__, python=platform.python_version(),
+                      elapsed_s=round(time.perf_counter() - self.started, 1),
                       saved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if "matmul_flops" in _measured:
+            record["matmul_gflops"] = float(f"{_measured['matmul_flops'] / 1e9:.3g}")
         return atomic_write_text(self.path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 

