@@ -13,6 +13,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def runs_outside_the_checkout(tmp_path_factory):
+    "Every test writes results and artefacts to a temporary folder, never into the checkout's runs/."
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FC_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
     "Send results and artefacts to a temporary folder."

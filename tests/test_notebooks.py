@@ -1,6 +1,7 @@
 """Every notebook runs headless under papermill with the smoke profile; the nbdev sources are clean and exported."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,15 +24,75 @@ def smoke_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_with_smoke_profile(name, smoke_dir, tmp_path):
+def test_notebook_runs_with_smoke_profile(name, smoke_dir):
     has_params = any("parameters" in c["metadata"].get("tags", []) for c in json.loads((NBS / name).read_text())["cells"])
     params = dict(profile="smoke", out_dir=str(smoke_dir)) if has_params else {}
-    pm.execute_notebook(str(NBS / name), str(tmp_path / name), parameters=params, kernel_name="python3",
+    executed = smoke_dir / "executed" / name
+    executed.parent.mkdir(exist_ok=True)
+    pm.execute_notebook(str(NBS / name), str(executed), parameters=params, kernel_name="python3",
                         cwd=str(NBS), execution_timeout=SMOKE_TIMEOUT, progress_bar=False)
     if has_params:
         record = json.loads((smoke_dir / "results" / f"{Path(name).stem}.json").read_text())
         assert record["profile"] == "smoke", "the injected profile did not take effect"
         assert record["metrics"], "the chapter recorded no results"
+
+
+# What a learner must not see in a chapter's outputs: library load reports, warnings meant for
+# developers, kernel transport messages, and where the course happens to be installed.
+NOISE = ("LOAD REPORT", "FutureWarning", "DeprecationWarning", "TqdmWarning", "No CUDA runtime",
+         "without encryption", str(ROOT), sys.prefix)
+
+
+def _output_text(notebook: Path) -> str:
+    parts = []
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts += ["".join(v) if isinstance(v, list) else str(v) for k, v in out.get("data", {}).items()
+                      if k.startswith("text/")]
+            parts += [out.get("evalue", "")] + out.get("traceback", [])
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_smoke_outputs_are_quiet_and_portable(name, smoke_dir):
+    executed = smoke_dir / "executed" / name
+    if not executed.exists():
+        pytest.skip(f"{name} did not run at the smoke profile in this session")
+    text = _output_text(executed)
+    found = [noise for noise in NOISE if noise in text]
+    assert not found, f"{name}'s outputs show {found}"
+
+
+GPU_CHAPTERS = ["05_contrastive", "07_finetuning", "08_adapters", "09_lora_peft"]
+GPU_DRY_RUN = dict(profile="gpu", max_steps=1, max_examples=32)
+GPU_DRY_RUN_TIMEOUT = 600
+
+
+def _parameter_names(name: str) -> set[str]:
+    cells = json.loads((NBS / f"{name}.ipynb").read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    return set(re.findall(r"^(\w+)\s*=", source, re.M))
+
+
+@pytest.fixture(scope="session")
+def gpu_dry_run_dir(tmp_path_factory):
+    "One folder for the dry run of the gpu chapters, in order, as tools/gpu_run.sh runs them."
+    return tmp_path_factory.mktemp("gpu-dry-run")
+
+
+@pytest.mark.parametrize("name", GPU_CHAPTERS)
+def test_gpu_profile_runs_one_step_on_the_cpu(name, gpu_dry_run_dir, monkeypatch):
+    "The gpu configuration of each GPU chapter, one optimizer step on 32 examples: a typo in a gpu branch fails here."
+    missing = {"max_steps", "max_examples"} - _parameter_names(name)
+    if missing:
+        pytest.skip(f"{name}'s parameters cell has no {', '.join(sorted(missing))} yet")
+    monkeypatch.setenv("FC_DEVICE", "cpu")  # the kernel inherits it
+    executed = gpu_dry_run_dir / f"{name}.ipynb"
+    pm.execute_notebook(str(NBS / f"{name}.ipynb"), str(executed), parameters=dict(GPU_DRY_RUN, out_dir=str(gpu_dry_run_dir)),
+                        kernel_name="python3", cwd=str(NBS), execution_timeout=GPU_DRY_RUN_TIMEOUT, progress_bar=False)
+    record = json.loads((gpu_dry_run_dir / "results" / f"{name}.json").read_text())
+    assert record["profile"] == "gpu" and record["device"] == "cpu" and record["metrics"]
 
 
 def _copy_project(dest: Path) -> Path:
@@ -83,6 +144,41 @@ def test_auto_profile_is_cpu_without_cuda_and_injection_overrides_it(tmp_path):
         assert f"RESOLVED {expected}" in text
 
 
-def test_nbdev_test_passes():
-    done = subprocess.run([str(BIN / "nbdev-test"), "--n-workers", "1", "--timing", "--cell-timeout", "240"], cwd=ROOT, capture_output=True, text=True)
+def _listing(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))} if folder.exists() else {}
+
+
+def test_nbdev_test_passes_and_writes_nothing_into_the_checkout(tmp_path):
+    before = _listing(ROOT / "runs")
+    env = dict(os.environ, FC_RUNS_DIR=str(tmp_path / "runs"))
+    done = subprocess.run([str(BIN / "nbdev-test"), "--n-workers", "1", "--timing", "--cell-timeout", "240"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _listing(ROOT / "runs") == before, "nbdev-test wrote into the checkout's runs/"
+    assert any((tmp_path / "runs").rglob("*.json")), "the chapters wrote no results into FC_RUNS_DIR"
+
+
+# Keys that hold a time, a rate, an identity or a moment: they differ between two identical runs.
+VARYING = re.compile(r"(_s|_ms|per_s|_at|gflops|throughput|latency|run_id|commit)$|time")
+DETERMINISM_CHAPTER = "02_training"  # trains a CNN: the cheapest chapter whose numbers depend on every seed
+
+
+def _stable(record):
+    if isinstance(record, dict):
+        return {k: _stable(v) for k, v in record.items() if not VARYING.search(k)}
+    return record
+
+
+def test_a_chapter_run_twice_gives_identical_results(tmp_path):
+    records = []
+    for attempt in ("first", "second"):
+        out = tmp_path / attempt
+        out.mkdir()
+        pm.execute_notebook(str(NBS / f"{DETERMINISM_CHAPTER}.ipynb"), str(out / "executed.ipynb"),
+                            parameters=dict(profile="smoke", out_dir=str(out)), kernel_name="python3",
+                            cwd=str(NBS), execution_timeout=SMOKE_TIMEOUT, progress_bar=False)
+        records.append(json.loads((out / "results" / f"{DETERMINISM_CHAPTER}.json").read_text()))
+    first, second = (_stable(r) for r in records)
+    assert first["metrics"], "nothing left to compare"
+    assert first == second, "two runs of the same chapter into fresh folders recorded different results"
