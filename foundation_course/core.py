@@ -39,7 +39,8 @@ __all__ = ['QUIET_ENV', 'LIBRARY_MODULES', 'DEVICE_ENV', 'PROFILES', 'RUN_ID_ENV
            'available_devices', 'get_device', 'cpu_has_bf16', 'mixed_precision_for', 'seed_everything',
            'resolve_profile', 'by_profile', 'count_parameters', 'Timer', 'reset_peak_memory', 'peak_memory_mb',
            'measure_matmul_flops', 'project_root', 'run_dir', 'artifact_dir', 'atomic_write_bytes', 'atomic_write_text',
-           'run_id', 'git_commit', 'cpu_cores', 'Results', 'load_results', 'relative_path', 'find_artifact', 'exercise']
+           'run_id', 'git_commit', 'cpu_cores', 'Results', 'load_results', 'relative_path', 'find_artifact', 'exercise',
+           'check_bert_layer_params', 'check_same_dropout_mask']
 
 # %% ../nbs/00_core.ipynb #322c429d
 QUIET_ENV = {  # read by transformers and huggingface_hub when they are first imported
@@ -420,3 +421,22 @@ def exercise(check: Callable[..., None]) -> Callable[..., bool]:
         return True
 
     return run
+
+# %% ../nbs/00_core.ipynb #6b9fa88d
+@exercise
+def check_bert_layer_params(fn) -> None:
+    "Exercise check: `fn(d)` counts a BERT layer's parameters (hidden size d, feed-forward 4d)."
+    for d in (32, 64, 96):
+        # torch's encoder layer has exactly BERT's pieces: Q, K, V, output, two LayerNorms, FFN
+        layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=4 * d)
+        has, said = count_parameters(layer)["total"], fn(d)
+        assert said == has, f"d={d}: you said {said:,}, the layer has {has:,}"
+
+
+@exercise
+def check_same_dropout_mask(fn) -> None:
+    "Exercise check: `fn(seed)` draws one dropout mask twice; another seed draws another mask."
+    first, second = fn(1)
+    assert torch.equal(first, second), "the two masks differ: both draws must start from one state"
+    others = [fn(seed)[0] for seed in (2, 3, 4)]
+    assert any(not torch.equal(first, m) for m in others), "other seeds should give other masks"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import project_root
+from .core import exercise, project_root
 
 # %% auto #0
 __all__ = ['OFFLINE_PACKAGES', 'FASHION_MNIST_DIR', 'PANG_LEE_FILE', 'OFFLINE_ENV', 'CORPORA', 'OFFLINE_CORPORA',
@@ -39,7 +39,8 @@ __all__ = ['OFFLINE_PACKAGES', 'FASHION_MNIST_DIR', 'PANG_LEE_FILE', 'OFFLINE_EN
            'load_sentiment', 'load_movie_plots', 'ImageData', 'read_idx', 'load_images', 'standardize_images',
            'text_model_path', 'load_tokenizer', 'load_text_model', 'ImageBackbone', 'load_image_backbone',
            'train_tokenizer', 'pack_tokens', 'CausalLMCollator', 'MLMCollator', 'TextClassificationDataset',
-           'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class', 'flip_labels', 'masking_stats']
+           'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class', 'flip_labels', 'masking_stats',
+           'check_split_by_group', 'check_mask_fraction']
 
 # %% ../nbs/01_data.ipynb #2038ecc3
 OFFLINE_PACKAGES = {  # distribution name -> pinned requirement; installed with `pip install --no-deps`
@@ -722,3 +723,35 @@ def masking_stats(input_ids: torch.Tensor, masked: torch.Tensor, labels: torch.T
                 mask=(labelled & (masked == mask_token_id)).sum().item() / n,
                 random=(labelled & (masked != mask_token_id) & (masked != input_ids)).sum().item() / n,
                 kept=(labelled & (masked == input_ids)).sum().item() / n)
+
+# %% ../nbs/01_data.ipynb #e069a0d9
+@exercise
+def check_split_by_group(fn) -> None:
+    "Exercise check: `fn(groups, test_frac)` puts each group wholly in train or test, ~test_frac in test."
+    groups = [f"movie-{i % 300}" for i in range(3000)]
+    is_test = np.asarray(fn(groups, 0.2), dtype=bool)
+    assert is_test.shape == (3000,), f"return one True/False per item, got shape {is_test.shape}"
+    sides: dict[str, set[bool]] = {}
+    for group, test in zip(groups, is_test):
+        sides.setdefault(group, set()).add(bool(test))
+    split = [g for g, s in sides.items() if len(s) > 1]
+    assert not split, f"{len(split)} groups (e.g. {split[0]}) are split across train and test"
+    share = np.mean([True in s for s in sides.values()])
+    assert 0.1 < share < 0.3, f"{share:.0%} of the groups are test, far from 20%"
+    assert np.array_equal(np.asarray(fn(groups, 0.2), dtype=bool), is_test), \
+        "a second call gave another split: the split must be the same on every call and machine"
+
+
+@exercise
+def check_mask_fraction(fn) -> None:
+    "Exercise check: `fn(mlm_probability, mask_prob)` is the share of ordinary tokens set to [MASK]."
+    tokenizer = load_tokenizer("minilm")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, len(tokenizer), (400, 128), generator=g)  # ordinary tokens only
+    for p, mask_prob, random_prob in [(0.3, 0.5, 0.25), (0.15, 0.8, 0.1)]:
+        masked, labels = MLMCollator(tokenizer, p, mask_prob, random_prob, seed=1).mask(ids)
+        measured = masking_stats(ids, masked, labels, tokenizer.mask_token_id,
+                                 torch.ones_like(ids, dtype=torch.bool))["mask"]
+        said = fn(p, mask_prob)
+        assert abs(said - measured) < 0.01, (f"mlm_probability={p}, mask_prob={mask_prob}: you said "
+                                             f"{said:.3f}; the collator masked {measured:.3f}")
