@@ -145,12 +145,17 @@ def test_causal_collator_masks_padding():
     assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
 
 
-def test_mlm_collator_statistics_match_transformers(tokenizer):
+@pytest.fixture(scope="module")
+def mlm_blocks(tokenizer):
+    return data.pack_tokens(data.load_corpus().train[:400], tokenizer, block_size=64)
+
+
+def assert_mlm_matches_transformers(tokenizer, blocks, collator):
+    "Our collator's masking statistics match the expected 15/12/1.5/1.5% and transformers' collator."
     from transformers import DataCollatorForLanguageModeling
-    blocks = data.pack_tokens(data.load_corpus().train[:400], tokenizer, block_size=64)
     maskable = ~torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
     n = maskable.sum().item()
-    ours_ids, ours_labels = data.MLMCollator(tokenizer, seed=0).mask(blocks)
+    ours_ids, ours_labels = collator.mask(blocks)
     theirs = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)([{"input_ids": b} for b in blocks])
     ours = data.masking_stats(blocks, ours_ids, ours_labels, tokenizer.mask_token_id, maskable)
     ref = data.masking_stats(blocks, theirs["input_ids"], theirs["labels"], tokenizer.mask_token_id, maskable)
@@ -161,6 +166,28 @@ def test_mlm_collator_statistics_match_transformers(tokenizer):
         assert abs(ours[key] - ref[key]) < 2 * tol
     # specials and padding are never selected
     assert (ours_labels[~maskable] == -100).all()
+
+
+def test_mlm_collator_statistics_match_transformers(tokenizer, mlm_blocks):
+    assert_mlm_matches_transformers(tokenizer, mlm_blocks, data.MLMCollator(tokenizer, seed=0))
+
+
+def _masks_specials_too(collator):
+    collator.special_ids = torch.tensor([], dtype=torch.long)
+
+
+@pytest.mark.parametrize("mutation", [
+    dict(mlm_probability=0.17),  # 17% selected instead of 15%
+    dict(mask_prob=0.75, random_prob=0.15),  # a 75/15/10 split instead of 80/10/10
+    dict(mask_prob=0.8, random_prob=0.0),  # no random replacements: 80/0/20
+    _masks_specials_too,  # [CLS], [SEP] and padding may be selected
+])
+def test_mlm_parity_check_catches_a_perturbed_collator(tokenizer, mlm_blocks, mutation):
+    collator = data.MLMCollator(tokenizer, seed=0, **({} if callable(mutation) else mutation))
+    if callable(mutation):
+        mutation(collator)
+    with pytest.raises(AssertionError):
+        assert_mlm_matches_transformers(tokenizer, mlm_blocks, collator)
 
 
 def test_mlm_collator_rejects_bad_probabilities(tokenizer):
