@@ -5,7 +5,7 @@ from torch import nn
 from foundation_course.data import load_tokenizer
 from foundation_course.interpretability import (
     _embeddings, _target_logit, attention_maps, class_activation_map, colour_tokens, deletion_drop, grad_cam,
-    gradient_x_input, integrated_gradients, layer0_attention_by_hand, pad_baseline, preprocess_images, token_attributions)
+    gradient_x_input, integrated_gradients, layer0_attention_by_hand, pad_baseline, token_attributions)
 from foundation_course.training import small_cnn
 
 
@@ -67,12 +67,20 @@ def test_gradient_x_input_matches_a_finite_difference_along_x(tiny):
     assert gxi.sum().item() == pytest.approx(directional, rel=1e-2, abs=1e-4)
 
 
-def test_token_attributions_fields(tiny):
+def test_token_attributions_explain_the_predicted_class_unless_told_otherwise(tiny):
     model, tok = tiny
+    enc = tok(TEXT, return_tensors="pt")
+    with torch.no_grad():
+        p = model(**enc).logits.softmax(-1)[0]
     a = token_attributions(model, tok, TEXT, steps=8)
     n = len(a["tokens"])
-    assert a["tokens"][0] == "[CLS]" and a["integrated_gradients"].shape == (n,) and a["grad_x_input"].shape == (n,)
-    assert a["integrated_gradients"][0] == 0 and 0.5 <= a["probability"] <= 1  # [CLS] is kept in the baseline: no attribution
+    assert a["tokens"] == tok.convert_ids_to_tokens(enc["input_ids"][0])
+    assert a["integrated_gradients"].shape == (n,) and a["grad_x_input"].shape == (n,)
+    assert a["target"] == int(p.argmax()) and a["probability"] == pytest.approx(p.max().item(), abs=1e-6)
+    assert a["integrated_gradients"][0] == 0  # [CLS] is kept in the baseline: no attribution
+    other = token_attributions(model, tok, TEXT, steps=8, target=1 - a["target"])
+    assert other["target"] == 1 - a["target"]
+    assert other["probability"] == pytest.approx(1 - a["probability"], abs=1e-6)
 
 
 def test_attention_maps_match_the_hand_computation(tiny):
@@ -113,10 +121,3 @@ def test_colour_tokens_escapes_and_skips_specials():
     assert "&lt;b&gt;" in out and "[CLS]" not in out
     assert "rgba(220,40,40,1.00)" in out and "rgba(40,90,220,0.50)" in out
 
-
-def test_preprocess_images_grey_and_colour():
-    config = dict(input_size=16, mean=[0.5] * 3, std=[0.5] * 3)
-    grey = preprocess_images(torch.full((2, 28, 28), 255, dtype=torch.uint8), config)
-    colour = preprocess_images(torch.zeros((1, 20, 30, 3), dtype=torch.uint8), config)
-    assert grey.shape == (2, 3, 16, 16) and torch.allclose(grey, torch.ones_like(grey))
-    assert colour.shape == (1, 3, 16, 16) and torch.allclose(colour, -torch.ones_like(colour))
