@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core import exercise
+
+
 # %% auto #0
 __all__ = ['ConvAutoencoder', 'reconstruction_loss', 'patchify', 'unpatchify', 'random_masking', 'MAE', 'mae_loss',
-           'FeatureExtractor']
+           'FeatureExtractor', 'check_normalize_patches', 'check_psnr']
 
 # %% ../nbs/06_autoencoders.ipynb #9e516e0d
 class ConvAutoencoder(nn.Module):
@@ -129,3 +132,31 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return getattr(self.model, self.method)(x)
+
+# %% ../nbs/06_autoencoders.ipynb #0b7a2ca8
+@exercise
+def check_normalize_patches(fn) -> None:
+    "Exercise check: `fn(patches)` normalizes each patch (last axis) by its own mean and variance, eps 1e-6."
+    g = torch.Generator().manual_seed(0)
+    p = patchify(torch.rand(4, 1, 28, 28, generator=g), 4)
+    want = F.layer_norm(p, p.shape[-1:], eps=1e-6)
+    got = fn(p)
+    assert got.shape == p.shape, f"shape {tuple(got.shape)}, expected {tuple(p.shape)}"
+    gap = (got - want).abs().max()
+    assert torch.allclose(got, want, atol=1e-4), f"max difference {gap:.2e} from F.layer_norm over each patch"
+
+
+@exercise
+def check_psnr(fn) -> None:
+    "Exercise check: `fn(x, y)` is the mean over images of 10 log10(1 / MSE), for images in [0, 1]."
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 8, 8, generator=g)
+    got = float(fn(x, x + 0.1))
+    assert abs(got - 20.0) < 1e-3, f"a constant error of 0.1 is an MSE of 0.01, 20 dB; you got {got:.3f}"
+    y = x.clone()
+    y[0] += 0.1
+    y[1] += 0.01
+    y[2] += 0.001
+    got = float(fn(x, y))
+    assert abs(got - 40.0) < 1e-3, f"images at 20, 40 and 60 dB: expected 40 dB on average, got {got:.3f}"
+

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from .core import atomic_write_bytes, atomic_write_text
+from .core import atomic_write_bytes, atomic_write_text, exercise
 from .training import fit
 
 # %% auto #0
 __all__ = ['nt_xent', 'info_nce', 'ImageViews', 'to_unit_range', 'BasicBlock', 'resnet_encoder', 'SimCLR', 'simclr_loss',
            'extract_features', 'knn_accuracy', 'linear_probe', 'train_encoder_classifier', 'augmented_features',
            'mean_pool', 'SentenceEncoder', 'small_text_encoder', 'simcse_loss', 'encode_sentences', 'sentence_pairs',
-           'save_encoder', 'load_encoder']
+           'save_encoder', 'load_encoder', 'check_alignment', 'check_uniformity']
 
 # %% ../nbs/05_contrastive.ipynb #8fce0904
 def _check_views(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
@@ -303,3 +303,27 @@ def load_encoder(folder: str | Path) -> nn.Module:
     encoder = resnet_encoder(**json.loads((folder / "config.json").read_text()))
     encoder.load_state_dict(load_file(str(folder / "model.safetensors")))
     return encoder.eval()
+
+# %% ../nbs/05_contrastive.ipynb #c965faf7
+@exercise
+def check_alignment(fn) -> None:
+    "Exercise check: `fn(z1, z2)` is the mean squared distance between the normalized rows of z1 and z2."
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    z2 = torch.tensor([[0.0, 5.0], [0.0, 1.0], [-3.0, -4.0]])  # pairs at 90, 0 and 180 degrees
+    got = float(fn(z1, z2))
+    assert abs(got - 2.0) < 1e-5, f"pairs at 90, 0 and 180 degrees: expected 2.0, got {got:.4f}"
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
+    assert abs(float(fn(z1, z1))) < 1e-6, "identical views must have alignment 0"
+    assert abs(float(fn(3 * z1, z2)) - float(fn(z1, z2))) < 1e-5, "the length of an embedding must not matter"
+
+
+@exercise
+def check_uniformity(fn) -> None:
+    "Exercise check: `fn(z)` is log E over distinct pairs i != j of exp(-2 |zi - zj|^2), rows normalized first."
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(50, 8, generator=g)
+    want = torch.log(torch.exp(-2 * torch.pdist(F.normalize(z, dim=1)).pow(2)).mean())
+    got = float(fn(z))
+    assert abs(got - float(want)) < 1e-5, f"got {got:.5f}, expected {float(want):.5f}"
+

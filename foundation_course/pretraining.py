@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from .core import exercise
 from .training import FitResult, fit
 from .transformer import Transformer, check_tokenizer_fits, to_hf
 
 # %% auto #0
 __all__ = ['token_nll', 'perplexity', 'unigram_nll', 'bigram_nll', 'two_sided_bigram_nll', 'RoundRobinBlocks', 'lm_metrics',
-           'evaluate_lm', 'window_schedule', 'pretrain', 'top_k_filter', 'sample', 'save_pretrained_lm']
+           'evaluate_lm', 'window_schedule', 'pretrain', 'top_k_filter', 'sample', 'save_pretrained_lm',
+           'check_ppl_from_probs', 'check_top_p_filter']
 
 # %% ../nbs/04_pretraining.ipynb #e8845ae9
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
@@ -245,3 +247,32 @@ def save_pretrained_lm(model: Transformer, tokenizer, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
     return path
+
+# %% ../nbs/04_pretraining.ipynb #44fdf660
+@exercise
+def check_ppl_from_probs(fn) -> None:
+    "Exercise check: `fn(probs)` is the perplexity of a text whose true tokens got the probabilities `probs`."
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(20, 30, generator=g), torch.randint(0, 30, (20,), generator=g)
+    probs = logits.softmax(-1)[torch.arange(20), labels].numpy()
+    want, got = perplexity(token_nll(logits, labels)), float(fn(probs))
+    assert abs(got - want) < 1e-3 * want, f"you got {got:.4f}, expected {want:.4f}"
+    got = float(fn(np.full(10, 1 / 30)))
+    assert abs(got - 30) < 1e-6, f"a uniform guess over 30 tokens has perplexity 30, you got {got:.4f}"
+
+
+@exercise
+def check_top_p_filter(fn) -> None:
+    "Exercise check: `fn(logits, p)` keeps the same tokens as transformers' `TopPLogitsWarper(top_p=p)`."
+    from transformers import TopPLogitsWarper  # the reference; only this check needs transformers
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 40, generator=g) * 2
+    for p in (0.5, 0.9):
+        want = TopPLogitsWarper(top_p=p)(None, logits.clone())
+        got = fn(logits.clone(), p)
+        kept, wanted = (~torch.isinf(got)).sum(-1).tolist(), (~torch.isinf(want)).sum(-1).tolist()
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), (
+            f"p={p}: you keep {kept} tokens per row, transformers keeps {wanted}")
+        assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(want)]), "kept logits must be unchanged"
+

@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core import exercise
+
+
 # %% auto #0
 __all__ = ['QKV_PARTS', 'attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'TransformerConfig',
            'MultiHeadAttention', 'Block', 'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf',
-           'check_tokenizer_fits']
+           'check_tokenizer_fits', 'check_sliding_window_mask', 'check_n_parameters']
 
 # %% ../nbs/03_transformer.ipynb #b97002e0
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,3 +357,26 @@ def check_tokenizer_fits(tokenizer, cfg: TransformerConfig) -> None:
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer):,} tokens but the model's vocab_size is {cfg.vocab_size:,}; "
                          f"build the model with vocab_size=len(tokenizer)")
+
+# %% ../nbs/03_transformer.ipynb #facda847
+@exercise
+def check_sliding_window_mask(fn) -> None:
+    "Exercise check: `fn(n, w)` is the (n, n) causal sliding-window mask, True where i - w < j <= i."
+    got = torch.as_tensor(fn(7, 7)).bool()
+    assert torch.equal(got, causal_mask(7)), f"with w = n = 7 it should be the causal mask, got\n{got.int()}"
+    for n, w in [(5, 1), (9, 3)]:
+        want = torch.tensor([[i - w < j <= i for j in range(n)] for i in range(n)])
+        got = torch.as_tensor(fn(n, w)).bool()
+        assert got.shape == (n, n), f"n={n}: the mask must be ({n}, {n}), got {tuple(got.shape)}"
+        assert torch.equal(got, want), f"n={n}, w={w}: got\n{got.int()}\nwanted\n{want.int()}"
+
+
+@exercise
+def check_n_parameters(fn) -> None:
+    "Exercise check: `fn(V, T, d, L)` counts the parameters of our causal model (d_ff = 4d, tied output layer)."
+    for V, T, d, L in [(100, 16, 32, 1), (500, 64, 64, 3)]:
+        cfg = TransformerConfig(vocab_size=V, max_len=T, d_model=d, n_layers=L, n_heads=4)
+        has = sum(p.numel() for p in Transformer(cfg).parameters())
+        said = fn(V, T, d, L)
+        assert said == has, f"V={V}, T={T}, d={d}, L={L}: you said {said:,}, the model has {has:,}"
+
