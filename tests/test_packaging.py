@@ -12,6 +12,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
@@ -125,3 +126,25 @@ def test_data_stamp_depends_on_the_pins():
     done = subprocess.run(["make", "-p", "-n", "-q", ".venv/.stamp-data"], cwd=ROOT, capture_output=True, text=True)
     rule = next(line for line in done.stdout.splitlines() if line.startswith(".venv/.stamp-data:"))
     assert "foundation_course/data.py" in rule, "a changed pin in data.py would not reinstall the offline packages"
+
+
+def test_gpu_carry_parts_fit_one_transfer_and_reassemble(tmp_path):
+    "tools/gpu_run.sh packs the GPU run's files into parts under the limit; staged again, they are the same files."
+    rng = np.random.default_rng(0)
+    originals = {"wheels/big.whl": 10_000, "wheels/small.whl": 3_000, "data/pattern/a&b.csv": 5_000, "x.gz": 7_000}
+    for rel, size in originals.items():
+        (tmp_path / "carry" / "all" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "carry" / "all" / rel).write_bytes(rng.bytes(size))
+    expected = {rel: (tmp_path / "carry" / "all" / rel).read_bytes() for rel in originals}
+    env = dict(os.environ, FC_GPU_PART_BYTES="8192", FC_GPU_CHUNK="4K", FC_GPU_STAGE=str(tmp_path / "stage"))
+    script = str(ROOT / "tools" / "gpu_run.sh")
+    subprocess.run([script, "pack", str(tmp_path / "carry")], env=env, check=True, capture_output=True)
+    parts = sorted((tmp_path / "carry").glob("part*"))
+    assert len(parts) == 4, "25 KB in parts of 8 KiB: four parts when packed largest first"
+    for part in parts:
+        assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) <= 8192, f"{part.name} is over the limit"
+        subprocess.run([script, "stage", str(part)], env=env, check=True, capture_output=True)
+    subprocess.run([script, "assemble"], env=env, check=True, capture_output=True)
+    staged = tmp_path / "stage" / "carry"
+    assert {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()} == set(originals)
+    assert all((staged / rel).read_bytes() == data for rel, data in expected.items())
