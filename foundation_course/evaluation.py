@@ -8,7 +8,7 @@ Docs: https://foundation-course.github.io/foundation_course/evaluation.html.md""
 __all__ = ['confusion_matrix', 'precision_recall_f1', 'roc_auc', 'classification_report', 'plot_confusion',
            'expected_calibration_error', 'reliability_diagram', 'fit_temperature', 'mean_std', 'format_acc',
            'paired_bootstrap', 'welch_interval', 'compare', 'coverage_accuracy_curve', 'choose_threshold',
-           'selective_report', 'most_confident_mistakes']
+           'selective_report', 'most_confident_mistakes', 'check_balanced_accuracy', 'check_same_predictions']
 
 # %% ../nbs/10_evaluation.ipynb #4c070cf5
 import math
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import stats
+
+from .core import exercise
 
 # %% ../nbs/10_evaluation.ipynb #a947b8c8
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -343,3 +345,35 @@ def most_confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, k: int =
     conf, pred = probs.max(-1)
     wrong = torch.nonzero(pred != torch.as_tensor(labels)).squeeze(1)
     return wrong[torch.argsort(conf[wrong], descending=True)][:k].tolist()
+
+# %% ../nbs/10_evaluation.ipynb #eaa137f3
+@exercise
+def check_balanced_accuracy(fn) -> None:
+    "Exercise check: `fn(preds, labels, num_classes)` is the mean of the classes' recalls."
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    got = fn(torch.zeros(100, dtype=torch.long), labels, 2)
+    assert abs(got - 0.5) < 1e-9, (
+        f"always predicting the majority class: recall 1 on class 0 and 0 on class 1, so 0.5; "
+        f"got {got} (plain accuracy would be 0.9)"
+    )
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 1, 2, 2, 2])
+    got, want = fn(preds, labels, 3), (1 / 4 + 1 / 2 + 2 / 2) / 3
+    assert abs(got - want) < 1e-9, (
+        f"recalls 1/4, 1/2 and 2/2 average to {want:.4f}; got {got}: divide each class's hits by "
+        "how many examples have that label, not by how many were predicted as it"
+    )
+
+
+@exercise
+def check_same_predictions(fn) -> None:
+    "Exercise check: `fn(logits, t)` says whether logits / t has the same argmax as the logits."
+    logits = torch.randn(1000, 10, generator=torch.Generator().manual_seed(2))
+    for t in (0.1, 0.7, 1.6, 5.0):
+        assert fn(logits, t) is True, (
+            f"T={t}: dividing all logits by one positive number keeps their order, so every "
+            "prediction stays the same; compare the argmax, not the probabilities"
+        )
+    assert fn(logits, -1.0) is False, (
+        "a negative temperature reverses the order of the logits, so predictions must change"
+    )
