@@ -1,4 +1,4 @@
-"""Make a fine-tuned model small and fast for inference, measure what each step costs and gains, and wrap it in a predictor you can use from Python or the command line.
+"""Merge, quantize, export and time a fine-tuned model; serve it with a predictor that abstains.
 
 Docs: https://foundation-course.github.io/foundation_course/deployment.html.md"""
 
@@ -8,7 +8,7 @@ Docs: https://foundation-course.github.io/foundation_course/deployment.html.md""
 __all__ = ['IMAGE_SUFFIXES', 'PICKLE_SUFFIXES', 'ABSTAIN', 'merged_lora_weights', 'load_lora_adapter', 'merge_and_save',
            'int8_symmetric', 'quantize_int8', 'copy_for_cpu', 'state_dict_mb', 'import_deploy_extra', 'export_onnx',
            'OnnxClassifier', 'try_compile', 'interleaved_latencies', 'latency_summary', 'require_safetensors',
-           'Predictor', 'write_predictions', 'read_inputs']
+           'Predictor', 'write_predictions', 'read_inputs', 'check_dequantize', 'check_meets_slo']
 
 # %% ../nbs/12_deployment.ipynb #8e2f91ab
 import copy
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import atomic_write_text, get_device
+from .core import atomic_write_text, exercise, get_device
 from .finetuning import load_image_classifier, preprocess_images
 
 # %% ../nbs/12_deployment.ipynb #f0941456
@@ -440,3 +440,35 @@ def read_inputs(path: str | Path) -> tuple[list, list[str]]:
         )
     lines = path.read_text(encoding="utf-8").splitlines()
     return lines, [f"line {i}" for i in range(1, len(lines) + 1)]
+
+# %% ../nbs/12_deployment.ipynb #34267c2d
+@exercise
+def check_dequantize(fn) -> None:
+    "Exercise check: `fn(q, scale)` turns int8 rows and their scales back into float weights."
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(16, 8))
+    packed = quantize_int8(layer)[0].weight()  # torch's own int8 values and per-row scales
+    q, scale = packed.int_repr(), packed.q_per_channel_scales().float()
+    ours = fn(q, scale)
+    assert ours.shape == (8, 16) and ours.dtype == torch.float32, (
+        f"expected float32 weights shaped like q, (8, 16); got {ours.dtype} {tuple(ours.shape)}"
+    )
+    assert torch.allclose(ours, packed.dequantize(), atol=1e-6), (
+        "differs from torch's dequantize(): each row i is q[i] times its own scale s_i"
+    )
+    w = layer[0].weight.detach()
+    assert ((ours - w).abs() <= scale[:, None] / 2 + 1e-6).all(), (
+        "the rounding error should be at most half a quantization step"
+    )
+
+
+@exercise
+def check_meets_slo(fn) -> None:
+    "Exercise check: `fn(seconds, limit_ms)` is True when the calls' p95 is under the limit."
+    assert fn([0.010] * 95 + [0.200] * 5, 50), (
+        "95 of 100 calls take 10 ms: the p95 is about 10 ms, under 50 ms"
+    )
+    assert not fn([0.010] * 90 + [0.200] * 10, 50), (
+        "10% of calls take 200 ms: the p95 is over 50 ms, whatever the mean says"
+    )
+    assert not fn([0.030] * 100, 20), "every call takes 30 ms: over a 20 ms limit (mind the units)"

@@ -1,4 +1,4 @@
-"""Measure a classifier properly: the metrics, how far to trust its probabilities, how to choose settings without fooling yourself, how much a different seed moves the result, and what it gets wrong.
+"""Metrics, calibration, model selection, noise (seeds, bootstrap), selective prediction, mistakes.
 
 Docs: https://foundation-course.github.io/foundation_course/evaluation.html.md"""
 

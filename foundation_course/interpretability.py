@@ -1,4 +1,4 @@
-"""Attention maps, gradient × input, integrated gradients written from scratch, Grad-CAM, and a test of whether the attributions are faithful.
+"""Attention maps, gradient × input, integrated gradients from scratch, Grad-CAM, faithfulness.
 
 Docs: https://foundation-course.github.io/foundation_course/interpretability.html.md"""
 
@@ -6,7 +6,8 @@ Docs: https://foundation-course.github.io/foundation_course/interpretability.htm
 
 # %% auto #0
 __all__ = ['attention_maps', 'layer0_attention_by_hand', 'gradient_x_input', 'integrated_gradients', 'pad_baseline',
-           'token_attributions', 'colour_tokens', 'deletion_drop', 'grad_cam', 'class_activation_map']
+           'token_attributions', 'colour_tokens', 'deletion_drop', 'grad_cam', 'class_activation_map',
+           'check_ig_left_riemann', 'check_top_k_tokens']
 
 # %% ../nbs/11_interpretability.ipynb #224fdd41
 import html
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .core import exercise
 
 # %% ../nbs/11_interpretability.ipynb #7f0e098a
 @torch.no_grad()
@@ -195,3 +198,48 @@ def class_activation_map(
     "CAM of a global-average-pooling + linear head: ReLU(Σ_k w_ck A^k) / HW; features (N, K, H, W)."
     h, w = features.shape[-2:]
     return F.relu(torch.einsum("nk,nkhw->nhw", fc.weight[target], features)) / (h * w)
+
+# %% ../nbs/11_interpretability.ipynb #ec802a46
+@exercise
+def check_ig_left_riemann(fn) -> None:
+    "Exercise check: `fn(f, x, baseline, steps)` is IG by a left Riemann sum on `steps` intervals."
+    x, base = torch.tensor([[1.0, -2.0, 3.0]]), torch.zeros(1, 3)
+    got = fn(lambda z: z.pow(2).sum(-1), x, base, 4)
+    # the gradient 2z at alpha = 0, 1/4, 2/4, 3/4 averages to 2x * 3/8; times (x - 0): x^2 * 3/4
+    want = x[0] ** 2 * 3 / 4
+    assert torch.allclose(got, want, atol=1e-5), (
+        f"for f(z) = Σ z², x = {x[0].tolist()} and a zero baseline, 4 steps should give "
+        f"{want.tolist()} "
+        f"(α = 0, 1/4, 2/4, 3/4: the left end, never α = 1); got {got.tolist()}"
+    )
+
+    def smooth(z):
+        return torch.tanh(z).pow(2).sum(-1)
+
+    x, base = torch.full((1, 5), 1.5), torch.zeros(1, 5)
+    target = (smooth(x) - smooth(base)).item()
+
+    def gap(m):
+        return abs(fn(smooth, x, base, m).sum().item() - target)
+
+    assert gap(64) < gap(8), (
+        f"the gap did not shrink with more steps: {gap(8):.2e} at 8, {gap(64):.2e} at 64"
+    )
+    assert gap(16) > integrated_gradients(smooth, x, base, 16)[1], (
+        "a left Riemann sum should be less accurate than the trapezoid rule here"
+    )
+
+
+@exercise
+def check_top_k_tokens(fn) -> None:
+    "Exercise check: `fn(tokens, scores, k)` gives the k top-scoring ordinary tokens, best first."
+    tokens = ["[CLS]", "dull", "but", "lovely", "[SEP]"]
+    scores = torch.tensor([9.0, -1.0, 0.1, 2.0, 8.0])
+    got = fn(tokens, scores, 2)
+    assert got == ["lovely", "but"], (
+        f"got {got}: skip [CLS] and [SEP] (deletion never removes them), then take the highest "
+        "scores first"
+    )
+    assert fn(tokens, scores, 5) == ["lovely", "but", "dull"], (
+        "with k larger than the number of ordinary tokens, return all of them, best first"
+    )
