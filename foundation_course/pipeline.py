@@ -1,4 +1,4 @@
-"""One task through all six steps, each timed: audit, pretrain, fine-tune, test once, deploy, abstain.
+"""One task through six steps, each timed: audit, pretrain, fine-tune, test once, deploy, abstain.
 
 Docs: https://foundation-course.github.io/foundation_course/end_to_end.html.md"""
 
@@ -6,9 +6,10 @@ Docs: https://foundation-course.github.io/foundation_course/end_to_end.html.md""
 
 # %% auto #0
 __all__ = ['plot_pipeline', 'StepLog', 'normalize_text', 'shingles', 'jaccard', 'minhash_signatures', 'near_duplicate_pairs',
-           'duplicate_pairs', 'feature_head', 'label_noise_candidates', 'bootstrap_interval', 'check_shingle_jaccard']
+           'duplicate_pairs', 'feature_head', 'label_noise_candidates', 'bootstrap_interval', 'check_shingle_jaccard',
+           'check_answer_or_abstain']
 
-# %% ../nbs/13_end_to_end.ipynb #eefd339e
+# %% ../nbs/13_end_to_end.ipynb #81ff5d76
 import itertools
 import re
 import textwrap
@@ -20,8 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from .core import exercise, peak_memory_mb, reset_peak_memory
+from .deployment import ABSTAIN
 
-# %% ../nbs/13_end_to_end.ipynb #a0d62467
+# %% ../nbs/13_end_to_end.ipynb #1e85b9da
 def plot_pipeline(boxes: Sequence[tuple[str, str]], ax=None, width: int = 20):
     "Boxes from left to right, each a title and what the step produces, joined by arrows."
     import matplotlib.pyplot as plt
@@ -54,7 +56,7 @@ def plot_pipeline(boxes: Sequence[tuple[str, str]], ax=None, width: int = 20):
     ax.axis("off")
     return ax
 
-# %% ../nbs/13_end_to_end.ipynb #c6083589
+# %% ../nbs/13_end_to_end.ipynb #7bec8461
 @dataclass
 class StepLog:
     "Wall time, peak memory, artefact size and moved metric of each pipeline step, one row each."
@@ -87,7 +89,7 @@ class StepLog:
         self._open = None
         return row
 
-# %% ../nbs/13_end_to_end.ipynb #c9277cf4
+# %% ../nbs/13_end_to_end.ipynb #5db349fb
 def normalize_text(text: str) -> str:
     "Lower case, punctuation dropped, single spaces: texts equal after this are exact duplicates."
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
@@ -171,7 +173,7 @@ def duplicate_pairs(
         )
     return rows
 
-# %% ../nbs/13_end_to_end.ipynb #58ce6960
+# %% ../nbs/13_end_to_end.ipynb #544f3b6b
 def feature_head(C: float = 1.0, seed: int = 0):
     "Standardise, then logistic regression (scikit-learn): a cheap classifier on frozen features."
     from sklearn.linear_model import LogisticRegression
@@ -198,7 +200,7 @@ def label_noise_candidates(
     own = probs[np.arange(len(y)), y]
     return np.argsort(own, kind="stable"), own
 
-# %% ../nbs/13_end_to_end.ipynb #dbdb58ad
+# %% ../nbs/13_end_to_end.ipynb #b63186e6
 def bootstrap_interval(
     correct, n: int = 10_000, level: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
@@ -213,7 +215,7 @@ def bootstrap_interval(
     low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return dict(acc=float(c.mean()), low=float(low), high=float(high))
 
-# %% ../nbs/13_end_to_end.ipynb #9a03bba7
+# %% ../nbs/13_end_to_end.ipynb #db7e8811
 @exercise
 def check_shingle_jaccard(fn) -> None:
     """Exercise check: `shingle_jaccard(a, b, n)`, the Jaccard similarity of the character n-gram
@@ -231,4 +233,26 @@ def check_shingle_jaccard(fn) -> None:
         assert abs(got - want) < 1e-9, (
             f"shingle_jaccard({a!r}, {b!r}, n={n}) = {got}, expected {want:.4f}: normalise both "
             "texts (normalize_text), take every n-character window, then |A ∩ B| / |A ∪ B|"
+        )
+
+# %% ../nbs/13_end_to_end.ipynb #49a69ad6
+@exercise
+def check_answer_or_abstain(fn) -> None:
+    """Exercise check: `answer_or_abstain(probs, threshold, label_names)` names each row's top
+    class, or says 'abstain' where the top probability is below `threshold`."""
+    import torch
+
+    probs = torch.tensor([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.3, 0.7]], dtype=torch.float64)
+    names = ("negative", "positive")
+    cases = [
+        (0.6, ["negative", ABSTAIN, "positive", "positive"]),
+        (0.7, ["negative", ABSTAIN, "positive", "positive"]),  # 0.7 is enough at 0.7
+        (0.85, ["negative", ABSTAIN, ABSTAIN, ABSTAIN]),
+        (0.0, ["negative", "negative", "positive", "positive"]),
+    ]
+    for threshold, want in cases:
+        got = list(fn(probs, threshold, names))
+        assert got == want, (
+            f"threshold {threshold}: got {got}, expected {want}; answer with the most probable "
+            "class when its probability is at least the threshold, else abstain"
         )

@@ -1,14 +1,23 @@
 """Chapter 13's pipeline pieces: near-duplicate search, label-noise candidates, the bootstrap
 interval, the step log and the pipeline picture."""
+
 import time
 
 import numpy as np
 import pytest
 
-from foundation_course.pipeline import (StepLog, bootstrap_interval, duplicate_pairs, jaccard,
-                                        label_noise_candidates, minhash_signatures,
-                                        near_duplicate_pairs, normalize_text, plot_pipeline,
-                                        shingles)
+from foundation_course.pipeline import (
+    StepLog,
+    bootstrap_interval,
+    duplicate_pairs,
+    jaccard,
+    label_noise_candidates,
+    minhash_signatures,
+    near_duplicate_pairs,
+    normalize_text,
+    plot_pipeline,
+    shingles,
+)
 
 
 def test_normalize_text_and_shingles():
@@ -29,10 +38,13 @@ def test_minhash_agreement_estimates_jaccard():
 
 
 def test_near_duplicate_pairs_finds_edits_not_strangers():
-    texts = ["A pretentious mess.", "a pretentious mess",
-             "Will warm your heart without making you feel guilty about it.",
-             "About a Boy will warm your heart without making you feel guilty about it.",
-             "A quiet, patient film about grief and the sea."]
+    texts = [
+        "A pretentious mess.",
+        "a pretentious mess",
+        "Will warm your heart without making you feel guilty about it.",
+        "About a Boy will warm your heart without making you feel guilty about it.",
+        "A quiet, patient film about grief and the sea.",
+    ]
     pairs = near_duplicate_pairs(texts, threshold=0.8)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1), (2, 3)]
     assert pairs[0][2] == 1.0 and 0.8 <= pairs[1][2] < 1.0
@@ -47,8 +59,10 @@ def test_near_duplicate_pairs_rejects_bad_settings():
 
 
 def test_duplicate_pairs_reports_leakage_across_splits():
-    splits = {"train": ["An absolute joy.", "Dull and long."],
-              "test": ["Something else entirely.", "an absolute joy"]}
+    splits = {
+        "train": ["An absolute joy.", "Dull and long."],
+        "test": ["Something else entirely.", "an absolute joy"],
+    }
     pairs = duplicate_pairs(splits)
     assert len(pairs) == 1
     p = pairs[0]
@@ -74,7 +88,8 @@ def test_bootstrap_interval():
     out = bootstrap_interval(np.r_[np.ones(80), np.zeros(20)], n=20_000, seed=0)
     assert out["acc"] == 0.8
     # the normal approximation: 0.8 ± 1.96 · sqrt(0.8 · 0.2 / 100) = 0.8 ± 0.078
-    assert out["low"] == pytest.approx(0.72, abs=0.015) and out["high"] == pytest.approx(0.88, abs=0.015)
+    assert out["low"] == pytest.approx(0.72, abs=0.015)
+    assert out["high"] == pytest.approx(0.88, abs=0.015)
     assert bootstrap_interval(np.ones(50)) == dict(acc=1.0, low=1.0, high=1.0)
     with pytest.raises(ValueError, match="0/1"):
         bootstrap_interval([0.3, 0.9])
@@ -98,6 +113,7 @@ def test_step_log_times_steps_and_refuses_misuse():
 
 def test_plot_pipeline_draws_one_box_per_step():
     import matplotlib
+
     matplotlib.use("Agg")
     ax = plot_pipeline([("1 data", "splits"), ("2 model", "weights"), ("3 deploy", "a service")])
     assert len(ax.patches) == 3
