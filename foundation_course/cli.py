@@ -30,8 +30,9 @@ from foundation_course.core import (
 )
 
 # %% auto #0
-__all__ = ['EXTRA_OF', 'nbs_dir', 'chapters', 'resolve_chapters', 'kernel_name', 'require', 'ChapterFailed', 'run_chapter',
-           'commit_outputs', 'results_table', 'committed_results_dirs', 'main']
+__all__ = ['EXTRA_OF', 'nbs_dir', 'chapters', 'resolve_chapters', 'kernel_name', 'require', 'ChapterFailed', 'kernel_config',
+           'run_chapter', 'commit_outputs', 'results_table', 'committed_results_dirs', 'metric_at', 'headline_rows',
+           'markdown_table', 'main']
 
 # %% ../nbs/90_cli.ipynb #9ce994a3
 def nbs_dir() -> Path:
@@ -80,13 +81,15 @@ EXTRA_OF = {"papermill": "course", "nbclient": "course", "nbdev": "dev"}
 
 
 def require(module: str, purpose: str):
-    "Import an optional dependency, or raise an ImportError naming the `pip install` that brings it."
+    "Import an optional dependency, or raise an ImportError naming the `pip install` for it."
     try:
         return importlib.import_module(module)
     except ImportError as e:
         extra = EXTRA_OF[module.split(".")[0]]
-        raise ImportError(f"{purpose} needs {module.split('.')[0]}, which the `{extra}` extra "
-                          f"installs: pip install 'foundation_course[{extra}]'") from e
+        raise ImportError(
+            f"{purpose} needs {module.split('.')[0]}, which the `{extra}` extra "
+            f"installs: pip install 'foundation_course[{extra}]'"
+        ) from e
 
 # %% ../nbs/90_cli.ipynb #e5f137f5
 class ChapterFailed(RuntimeError):
@@ -99,8 +102,12 @@ def _settle_carriage_returns(text: str) -> str:
 
 
 def _continues_stream(merged: list[dict], out: dict) -> bool:
-    return (out.get("output_type") == "stream" and bool(merged)
-            and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"])
+    return (
+        out.get("output_type") == "stream"
+        and bool(merged)
+        and merged[-1].get("output_type") == "stream"
+        and merged[-1]["name"] == out["name"]
+    )
 
 
 def _merge_streams(outputs: list[dict]) -> list[dict]:
@@ -120,7 +127,7 @@ def _merge_streams(outputs: list[dict]) -> list[dict]:
 
 
 def _strip_injected(nb_path: Path) -> None:
-    "Drop papermill's injected cell and metadata and settle progress bars: the notebook reads as its source."
+    "Drop papermill's injected cell and metadata, settle progress bars: it reads as its source."
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
     cells = nb["cells"]
     nb["cells"] = [c for c in cells if "injected-parameters" not in c["metadata"].get("tags", [])]
@@ -133,12 +140,18 @@ def _strip_injected(nb_path: Path) -> None:
     nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _kernel_config():
-    "Kernels talk over local IPC sockets: no TCP port, so no plain-text transport warning either."
+def kernel_config():
+    """Settings for headless kernels: local IPC sockets in Jupyter's runtime folder, so no TCP port
+    is opened (and no plain-text transport warning printed), and no socket file lands in `nbs/`."""
+    from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_core.utils import ensure_dir_exists
     from traitlets.config import Config
 
+    runtime = Path(jupyter_runtime_dir())
+    ensure_dir_exists(runtime, mode=0o700)
     config = Config()
     config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(runtime / f"fc-kernel-{uuid.uuid4().hex[:12]}")
     return config
 
 
@@ -153,21 +166,35 @@ def _last_started_cell(executed: Path) -> tuple[int | None, str]:
         cells = json.loads(executed.read_text(encoding="utf-8"))["cells"]
     except (OSError, ValueError):
         return None, ""
-    started = [i for i, c in enumerate(cells) if c["metadata"].get("papermill", {}).get("start_time")]
+    started = [
+        i for i, c in enumerate(cells) if c["metadata"].get("papermill", {}).get("start_time")
+    ]
     return (started[-1], _first_line(cells[started[-1]]["source"])) if started else (None, "")
 
 
-def _failure(chapter: str, cell: tuple[int | None, str], cause: str, executed: Path) -> ChapterFailed:
+def _failure(
+    chapter: str, cell: tuple[int | None, str], cause: str, executed: Path
+) -> ChapterFailed:
     index, first_line = cell
-    where = (f"in cell {index} of the executed notebook, which starts `{first_line}`"
-             if index is not None else "before its first cell ran")
-    return ChapterFailed(f"{chapter} failed {where}: {cause}. "
-                         f"The executed notebook is {relative_path(executed)}")
+    where = (
+        f"in cell {index} of the executed notebook, which starts `{first_line}`"
+        if index is not None
+        else "before its first cell ran"
+    )
+    return ChapterFailed(
+        f"{chapter} failed {where}: {cause}. The executed notebook is {relative_path(executed)}"
+    )
 
 
-def run_chapter(chapter: str, profile: str, out_root: str | Path | None = None,
-                kernel: str = "python3", timeout: int | None = None,
-                folder: str | Path | None = None, parameters: dict | None = None) -> Path:
+def run_chapter(
+    chapter: str,
+    profile: str,
+    out_root: str | Path | None = None,
+    kernel: str = "python3",
+    timeout: int | None = None,
+    folder: str | Path | None = None,
+    parameters: dict | None = None,
+) -> Path:
     "Execute one chapter with papermill at `profile`; returns the executed notebook's path."
     pm = require("papermill", "Running chapters")
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -178,15 +205,24 @@ def run_chapter(chapter: str, profile: str, out_root: str | Path | None = None,
     target = out / f"{chapter}.ipynb"
     injected = dict(profile=profile, out_dir=str(out.resolve()), **(parameters or {}))
     try:
-        pm.execute_notebook(str(source), str(target), parameters=injected, kernel_name=kernel,
-                            cwd=str(source.parent), execution_timeout=timeout, progress_bar=False,
-                            config=_kernel_config())
+        pm.execute_notebook(
+            str(source),
+            str(target),
+            parameters=injected,
+            kernel_name=kernel,
+            cwd=str(source.parent),
+            execution_timeout=timeout,
+            progress_bar=False,
+            config=kernel_config(),
+        )
     except pm.PapermillExecutionError as e:
         cause = f"{e.ename}: {e.evalue}"
         raise _failure(chapter, (e.cell_index, _first_line(e.source)), cause, target) from None
     except DeadKernelError:
-        cause = ("the kernel died (killed, or out of memory: try a smaller profile, "
-                 "or close other programs)")
+        cause = (
+            "the kernel died (killed, or out of memory: try a smaller profile, "
+            "or close other programs)"
+        )
         raise _failure(chapter, _last_started_cell(target), cause, target) from None
     except CellTimeoutError:
         cause = f"the cell ran longer than the {timeout} s allowed per cell (raise --timeout)"
@@ -194,9 +230,10 @@ def run_chapter(chapter: str, profile: str, out_root: str | Path | None = None,
     return target
 
 
-def commit_outputs(chapter: str, executed: Path, profile: str,
-                   folder: str | Path | None = None) -> None:
-    "Copy an executed notebook over its source (cleaned, parameters as in the source), results beside it."
+def commit_outputs(
+    chapter: str, executed: Path, profile: str, folder: str | Path | None = None
+) -> None:
+    "Copy an executed notebook over its source (cleaned, source parameters), results beside it."
     nbdev_clean = require("nbdev.clean", "Committing outputs").nbdev_clean
     folder = Path(folder) if folder else nbs_dir()
     target = folder / f"{chapter}.ipynb"
@@ -243,15 +280,17 @@ def _chapter_rows(chapter: str, records: dict[str, dict]) -> list[str]:
     lines = [f"{chapter}  " + "  ".join(_context(lb, records[lb]) for lb in labels)]
     lines.append(f"    {'metric':<{width}}  " + "  ".join(f"{lb:>{widths[lb]}}" for lb in labels))
     for i, key in enumerate(keys):
-        lines.append(f"    {key:<{width}}  "
-                     + "  ".join(f"{cells[lb][i]:>{widths[lb]}}" for lb in labels))
+        lines.append(
+            f"    {key:<{width}}  " + "  ".join(f"{cells[lb][i]:>{widths[lb]}}" for lb in labels)
+        )
     return lines
 
 
 def results_table(folders: dict[str, str | Path], chapter_names: list[str] | None = None) -> str:
     "Every recorded metric as one text table, a column per results folder (e.g. cpu and gpu)."
-    found = {label: load_results(folder) for label, folder in folders.items()
-             if Path(folder).is_dir()}
+    found = {
+        label: load_results(folder) for label, folder in folders.items() if Path(folder).is_dir()
+    }
     recorded = sorted({c for records in found.values() for c in records})
     names = chapter_names if chapter_names is not None else recorded
     lines = []
@@ -261,14 +300,85 @@ def results_table(folders: dict[str, str | Path], chapter_names: list[str] | Non
             lines += _chapter_rows(chapter, records)
     missing = [c for c in names if c not in recorded]
     if missing:
-        lines.append(f"No results yet for: {', '.join(missing)} "
-                     f"(run: foundation-course run {' '.join(missing)})")
+        lines.append(
+            f"No results yet for: {', '.join(missing)} "
+            f"(run: foundation-course run {' '.join(missing)})"
+        )
     return "\n".join(lines)
 
 
 def committed_results_dirs() -> dict[str, Path]:
-    "The course's own recorded runs, by profile: `nbs/results/cpu` and, where it exists, `nbs/results/gpu`."
-    return {p: nbs_dir() / "results" / p for p in ("cpu", "gpu") if (nbs_dir() / "results" / p).is_dir()}
+    "The course's own recorded runs by profile: `nbs/results/cpu` and `nbs/results/gpu` if present."
+    return {
+        p: nbs_dir() / "results" / p for p in ("cpu", "gpu") if (nbs_dir() / "results" / p).is_dir()
+    }
+
+# %% ../nbs/90_cli.ipynb #c4dcaac4
+def metric_at(metrics: dict, path: str):
+    """The value at `path` in a results file's metrics, or None: keys joined by `/`, and
+    `name[key=value]` for the item of a list whose `key` is `value`."""
+    value = metrics
+    for part in path.split("/"):
+        name, _, selector = part.partition("[")
+        value = value.get(name) if isinstance(value, dict) else None
+        if selector and isinstance(value, list):
+            key, _, wanted = selector.rstrip("]").partition("=")
+            value = next(
+                (item for item in value if isinstance(item, dict) and str(item.get(key)) == wanted),
+                None,
+            )
+        if value is None:
+            return None
+    return value
+
+
+def _format_metric(value, how: str) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if how == "%" else format(value, how)
+
+
+def headline_rows(spec: list[dict], folders: dict[str, str | Path]) -> list[dict]:
+    """One row per experiment of `spec` (chapter, data, method, metric, key, baseline, and optional
+    baseline_key, format): its value in each results folder, and the baseline's in the first."""
+    found = {label: load_results(folder) for label, folder in folders.items()}
+    first = next(iter(found.values()), {})
+    rows = []
+    for item in spec:
+        metrics = {
+            label: found[label].get(item["chapter"], {}).get("metrics", {}) for label in found
+        }
+        baseline = item["baseline"]
+        if item.get("baseline_key"):
+            base = metric_at(
+                first.get(item["chapter"], {}).get("metrics", {}), item["baseline_key"]
+            )
+            baseline += f": {_format_metric(base, item['format'])}"
+        row = {
+            "chapter": item["chapter"],
+            "data set": item["data"],
+            "method": item["method"],
+            "metric": item["metric"],
+            "baseline": baseline,
+        }
+        row.update(
+            {
+                label: _format_metric(metric_at(metrics[label], item["key"]), item["format"])
+                for label in found
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    "Rows of equal keys as a Markdown table."
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[k]) for k in header) + " |" for row in rows]
+    return "\n".join(lines)
 
 # %% ../nbs/90_cli.ipynb #5ac41d5e
 def _minutes(seconds: float) -> str:
@@ -287,8 +397,10 @@ def _last_recorded_s(chapter: str, out: Path, profile: str) -> float | None:
 
 def _check_device(device: str | None) -> None:
     if device and device.split(":")[0] not in available_devices():
-        raise SystemExit(f"--device {device} is not available on this machine (available: "
-                         f"{', '.join(available_devices())}); choose one of those or leave it out")
+        raise SystemExit(
+            f"--device {device} is not available on this machine (available: "
+            f"{', '.join(available_devices())}); choose one of those or leave it out"
+        )
 
 
 def _new_run_id() -> str:
@@ -319,16 +431,24 @@ def _run(args) -> int:
     if args.device:
         os.environ["FC_DEVICE"] = args.device  # the kernels inherit it
     run_id = os.environ.setdefault("FC_RUN_ID", _new_run_id())
-    print(f"Running {len(names)} chapter(s) at the {profile} profile into {relative_path(out)} "
-          f"(run {run_id})")
+    print(
+        f"Running {len(names)} chapter(s) at the {profile} profile into {relative_path(out)} "
+        f"(run {run_id})"
+    )
     total = 0.0
     for i, chapter in enumerate(names, 1):
         last = _last_recorded_s(chapter, out, profile)
         print(f"[{i}/{len(names)}] {chapter} ...", end=" ", flush=True)
         start = time.perf_counter()
         try:
-            executed = run_chapter(chapter, profile, args.out, args.kernel, args.timeout,
-                                   parameters=_parameters(args.parameter))
+            executed = run_chapter(
+                chapter,
+                profile,
+                args.out,
+                args.kernel,
+                args.timeout,
+                parameters=_parameters(args.parameter),
+            )
         except ChapterFailed as e:
             print("FAILED")
             print(e, file=sys.stderr)
@@ -336,7 +456,9 @@ def _run(args) -> int:
         elapsed = time.perf_counter() - start
         total += elapsed
         before = f"last recorded {_minutes(last)}" if last is not None else "no recorded run"
-        print(f"done in {_minutes(elapsed)} ({before}); course so far {_minutes(total)}", flush=True)
+        print(
+            f"done in {_minutes(elapsed)} ({before}); course so far {_minutes(total)}", flush=True
+        )
         if args.commit_outputs:
             commit_outputs(chapter, executed, profile)
     return 0
@@ -350,15 +472,21 @@ def _predict(args) -> int:
         raise SystemExit(f"--out must end in .csv or .json, got {out.name!r}")
     _check_device(args.device)
     try:
-        predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size,
-                              threshold=args.threshold)
+        predictor = Predictor(
+            args.model, device=args.device, batch_size=args.batch_size, threshold=args.threshold
+        )
         items, names = read_inputs(args.input)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SystemExit(str(e)) from None
     if (predictor.kind == "image") != Path(args.input).is_dir():
-        want = "a folder of images" if predictor.kind == "image" else "a text file with one text per line"
-        raise SystemExit(f"{args.model} is a {predictor.kind} model, so INPUT must be {want}; "
-                         f"got {args.input}")
+        want = (
+            "a folder of images"
+            if predictor.kind == "image"
+            else "a text file with one text per line"
+        )
+        raise SystemExit(
+            f"{args.model} is a {predictor.kind} model, so INPUT must be {want}; got {args.input}"
+        )
     rows = predictor.predict(items, names)
     write_predictions(rows, out)
     failed = [r for r in rows if r["error"]]
@@ -382,48 +510,82 @@ def _results(args) -> int:
         folders = {p: run_dir(p) / "results" for p in PROFILES}
     if not any(Path(f).is_dir() and any(Path(f).glob("*.json")) for f in folders.values()):
         looked = ", ".join(str(relative_path(f)) for f in folders.values()) or "nbs/results/"
-        raise SystemExit(f"No results recorded yet (looked in {looked}): run a chapter first, "
-                         f"e.g. `foundation-course run 00 --profile smoke`; the course's own runs: "
-                         f"`foundation-course results --committed`")
+        raise SystemExit(
+            f"No results recorded yet (looked in {looked}): run a chapter first, "
+            f"e.g. `foundation-course run 00 --profile smoke`; the course's own runs: "
+            f"`foundation-course results --committed`"
+        )
     print(results_table(folders, chapters()))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foundation-course",
-                                     description="Run the course's chapters and read their results.")
+    parser = argparse.ArgumentParser(
+        prog="foundation-course", description="Run the course's chapters and read their results."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the chapters")
     run = sub.add_parser("run", help="execute chapters headless with papermill")
     run.add_argument("chapters", nargs="*", help="chapter names or numbers (default: all)")
     run.add_argument("--profile", default="auto", choices=("auto", *PROFILES))
-    run.add_argument("--out", default=None,
-                     help="output root (default: runs/ in the project); writes <out>/<profile>/")
+    run.add_argument(
+        "--out",
+        default=None,
+        help="output root (default: runs/ in the project); writes <out>/<profile>/",
+    )
     run.add_argument("--fresh", action="store_true", help="empty <out>/<profile>/ first")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     run.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
     run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest)")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                     metavar=("NAME", "VALUE"), help="one more papermill parameter (JSON value)")
-    run.add_argument("--commit-outputs", action="store_true",
-                     help="copy executed notebooks and results back into nbs/ (cpu profile)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="one more papermill parameter (JSON value)",
+    )
+    run.add_argument(
+        "--commit-outputs",
+        action="store_true",
+        help="copy executed notebooks and results back into nbs/ (cpu profile)",
+    )
     res = sub.add_parser("results", help="print every recorded metric, profiles side by side")
-    res.add_argument("--profile", default=None, choices=("auto", *PROFILES),
-                     help="only this profile's run (default: every profile in runs/)")
-    res.add_argument("--committed", action="store_true",
-                     help="the course's recorded runs in nbs/results/ (cpu and gpu)")
+    res.add_argument(
+        "--profile",
+        default=None,
+        choices=("auto", *PROFILES),
+        help="only this profile's run (default: every profile in runs/)",
+    )
+    res.add_argument(
+        "--committed",
+        action="store_true",
+        help="the course's recorded runs in nbs/results/ (cpu and gpu)",
+    )
     res.add_argument("--dir", default=None, help="one results folder")
-    pred = sub.add_parser("predict", help="predict labels for a text file (one text per line) "
-                          "or a folder of images with a saved model")
-    pred.add_argument("model", help="a saved model folder (Hugging Face format, or an image "
-                      "classifier's model.safetensors + config.json)")
+    pred = sub.add_parser(
+        "predict",
+        help="predict labels for a text file (one text per line) "
+        "or a folder of images with a saved model",
+    )
+    pred.add_argument(
+        "model",
+        help="a saved model folder (Hugging Face format, or an image "
+        "classifier's model.safetensors + config.json)",
+    )
     pred.add_argument("input", help="a text file with one text per line, or a folder of images")
-    pred.add_argument("--out", required=True,
-                      help="a .csv or .json file for the predictions (written atomically)")
+    pred.add_argument(
+        "--out", required=True, help="a .csv or .json file for the predictions (written atomically)"
+    )
     pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: the fastest)")
     pred.add_argument("--batch-size", type=int, default=32)
-    pred.add_argument("--threshold", type=float, default=None,
-                      help="abstain (label `abstain`) below this top-class probability")
+    pred.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="abstain (label `abstain`) below this top-class probability",
+    )
     return parser
 
 

@@ -1,8 +1,8 @@
-"""Every exercise can be solved and can be failed: the reference solution passes its check, each plausible
-wrong answer fails it, and the learner's stub in the chapter says "not implemented yet" instead of a traceback.
+"""Every exercise can be solved and can be failed: the reference solution passes its check, each
+plausible wrong answer fails it, and the learner's stub says "not implemented yet", not a traceback.
 
-Solutions live in nbs/solutions/chNN_<name>.py: plain functions named as the stubs, `CHECKS` (the module that
-holds the `check_<function>` functions) and `WRONG` (function name -> wrong answers)."""
+Solutions live in nbs/solutions/chNN_<name>.py: plain functions named as the stubs, `CHECKS` (the
+module that holds the `check_<function>` functions) and `WRONG` (function name -> wrong answers)."""
 
 import ast
 import importlib
@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import NBS
 
 SOLUTIONS = sorted((NBS / "solutions").glob("ch[0-9][0-9]_*.py"))
 # Names a stub's signature may use in annotations or defaults.
-STUB_GLOBALS = dict(torch=torch, np=np, math=math, nn=torch.nn, F=torch.nn.functional, Tensor=torch.Tensor)
+STUB_GLOBALS = dict(
+    torch=torch, np=np, math=math, nn=torch.nn, F=torch.nn.functional, Tensor=torch.Tensor
+)
 
 
 def _load_solution(path: Path):
@@ -62,7 +63,7 @@ def _raises_not_implemented(fn: ast.FunctionDef) -> bool:
 
 
 def _compile_stub(cell_source: str, fn: ast.FunctionDef):
-    "The stub as a function, compiled alone (postponed annotations: the chapter's imports are not needed)."
+    "The stub as a function, compiled alone (postponed annotations: no chapter imports needed)."
     namespace = dict(STUB_GLOBALS)
     code = "from __future__ import annotations\n" + ast.get_source_segment(cell_source, fn)
     exec(compile(code, f"<stub {fn.name}>", "exec"), namespace)
@@ -82,7 +83,9 @@ def _ids(paths):
 
 def test_every_chapter_with_exercises_has_a_solutions_file():
     with_exercises = [p for p in sorted(NBS.glob("[0-9][0-9]_*.ipynb")) if _exercise_cells(p)]
-    missing = [p.name for p in with_exercises if not list((NBS / "solutions").glob(f"ch{p.stem}.py"))]
+    missing = [
+        p.name for p in with_exercises if not list((NBS / "solutions").glob(f"ch{p.stem}.py"))
+    ]
     assert not missing, f"exercise cells without nbs/solutions/ch<chapter>.py: {missing}"
 
 
@@ -91,12 +94,18 @@ def test_solutions_file_matches_its_chapter(solution):
     notebook = _notebook_of(solution)
     assert notebook.exists(), f"{solution.name} names no chapter: {notebook.name} does not exist"
     module = _load_solution(solution)
-    assert isinstance(getattr(module, "CHECKS", None), str), f"{solution.name} lacks CHECKS = 'foundation_course.<module>'"
-    assert isinstance(getattr(module, "WRONG", None), dict), f"{solution.name} lacks WRONG = {{name: [wrong answers]}}"
+    assert isinstance(getattr(module, "CHECKS", None), str), (
+        f"{solution.name} lacks CHECKS = 'foundation_course.<module>'"
+    )
+    assert isinstance(getattr(module, "WRONG", None), dict), (
+        f"{solution.name} lacks WRONG = {{name: [wrong answers]}}"
+    )
     stubs = _stubs(solution)
     assert stubs, f"{notebook.name} has no cell tagged `exercise` with a stub function"
     for name in stubs:
-        assert callable(getattr(module, name, None)), f"{solution.name} has no solution for the stub {name}"
+        assert callable(getattr(module, name, None)), (
+            f"{solution.name} has no solution for the stub {name}"
+        )
         assert module.WRONG.get(name), f"{solution.name}: WRONG has no wrong answer for {name}"
     assert set(module.WRONG) <= set(stubs), f"{solution.name}: WRONG names functions with no stub"
 
@@ -120,18 +129,30 @@ def test_check_passes_with_the_solution_and_fails_with_each_wrong_answer(solutio
 def test_stub_raises_not_implemented_and_its_check_says_so(solution, capsys):
     module = _load_solution(solution)
     checks = importlib.import_module(module.CHECKS)
-    notebook_text = "\n".join(_source(c) for c in _cells(_notebook_of(solution)) if c["cell_type"] == "code")
+    notebook_text = "\n".join(
+        _source(c) for c in _cells(_notebook_of(solution)) if c["cell_type"] == "code"
+    )
     for name, (source, fn) in _stubs(solution).items():
         assert _raises_not_implemented(fn), f"the stub {name} does not raise NotImplementedError"
         stub = _compile_stub(source, fn)
-        assert getattr(checks, f"check_{name}")(stub) is False, f"check_{name} did not report the stub"
+        assert getattr(checks, f"check_{name}")(stub) is False, (
+            f"check_{name} did not report the stub"
+        )
         assert f"{name}: not implemented yet" in capsys.readouterr().out
-        assert f"check_{name}({name}" in notebook_text, f"the chapter never calls check_{name}({name})"
+        assert f"check_{name}({name}" in notebook_text, (
+            f"the chapter never calls check_{name}({name})"
+        )
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=_ids(SOLUTIONS))
 def test_exercise_cells_do_not_hold_the_answer(solution):
     "A stub is a signature, a docstring and the raise: no body that computes the answer."
     for name, (_, fn) in _stubs(solution).items():
-        body = [n for n in fn.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
-        assert len(body) == 1 and isinstance(body[0], ast.Raise), f"the stub {name} holds more than a raise"
+        body = [
+            n
+            for n in fn.body
+            if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+        ]
+        assert len(body) == 1 and isinstance(body[0], ast.Raise), (
+            f"the stub {name} holds more than a raise"
+        )

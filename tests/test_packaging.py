@@ -1,5 +1,6 @@
-"""What `pip install foundation_course` brings: the library's own needs, the rest in extras; the wheel's
-metadata says so; the installed versions meet the declared lower bounds; a fresh machine without root
+"""What `pip install foundation_course` brings: the library's own needs, the rest in extras; the
+wheel's metadata says so; installed versions meet the declared lower bounds; a fresh machine without
+root
 stops at setup with the one command to run."""
 
 import email
@@ -14,16 +15,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from packaging.requirements import Requirement
-
 from conftest import ROOT
+from packaging.requirements import Requirement
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT = PYPROJECT["project"]
-# Only the runner, ONNX, QLoRA and online data sets use these: a library import must not pull them in.
-NOT_BASE = {"papermill", "nbclient", "ipykernel", "onnx", "onnxruntime", "bitsandbytes", "datasets", "nbdev"}
-LIBRARY = {"torch", "torchvision", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "numpy",
-           "pandas", "scipy", "scikit-learn", "matplotlib", "pillow", "tqdm"}
+# Only the runner, ONNX, QLoRA and online data sets use these: the library must not pull them in.
+NOT_BASE = {
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "onnx",
+    "onnxruntime",
+    "bitsandbytes",
+    "datasets",
+    "nbdev",
+}
+LIBRARY = {
+    "torch",
+    "torchvision",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+    "pillow",
+    "tqdm",
+}
 
 
 def _name(requirement: str) -> str:
@@ -34,18 +57,36 @@ def _name(requirement: str) -> str:
 def wheel_metadata(tmp_path_factory) -> email.message.Message:
     "The METADATA of a wheel built from a copy of the checkout (the build writes nothing into it)."
     src = tmp_path_factory.mktemp("src")
-    shutil.copytree(ROOT / "foundation_course", src / "foundation_course", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "foundation_course",
+        src / "foundation_course",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     dist = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(src)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(dist),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (wheel,) = dist.glob("foundation_course-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
-        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+        entry_points = zf.read(
+            next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        ).decode()
         message = email.message_from_bytes(zf.read(metadata))
     message["X-Files"] = " ".join(names)
     message["X-Entry-Points"] = entry_points.replace("\n", " ")
@@ -60,14 +101,22 @@ def test_base_dependencies_are_what_the_library_needs():
     assert {_name(r) for r in extras["deploy"]} == {"onnx", "onnxruntime"}
     assert {_name(r) for r in extras["gpu"]} == {"bitsandbytes"}
     assert {_name(r) for r in extras["online"]} == {"datasets"}
-    assert "foundation_course[course,deploy,online]" in extras["dev"], "make setup must install what the course runs"
+    assert "foundation_course[course,deploy,online]" in extras["dev"], (
+        "make setup must install what the course runs"
+    )
 
 
 def test_wheel_metadata_has_the_base_dependencies_and_the_extras(wheel_metadata):
     requires = wheel_metadata.get_all("Requires-Dist")
     base = {_name(r) for r in requires if "extra ==" not in r}
     assert base == LIBRARY and not base & NOT_BASE
-    assert set(wheel_metadata.get_all("Provides-Extra")) == {"course", "deploy", "gpu", "online", "dev"}
+    assert set(wheel_metadata.get_all("Provides-Extra")) == {
+        "course",
+        "deploy",
+        "gpu",
+        "online",
+        "dev",
+    }
     by_extra = {}
     for r in requires:
         req = Requirement(r)
@@ -80,21 +129,26 @@ def test_wheel_metadata_has_the_base_dependencies_and_the_extras(wheel_metadata)
     assert wheel_metadata["Requires-Python"] == ">=3.11"
     assert "foundation-course = foundation_course.cli:main" in wheel_metadata["X-Entry-Points"]
     files = wheel_metadata["X-Files"].split()
-    assert "foundation_course/cli.py" in files and not [f for f in files if f.startswith(("nbs/", "tests/"))]
+    assert "foundation_course/cli.py" in files and not [
+        f for f in files if f.startswith(("nbs/", "tests/"))
+    ]
 
 
 def _declared() -> list[Requirement]:
     extras = PROJECT["optional-dependencies"]
     found = [Requirement(r) for r in PROJECT["dependencies"]]
-    found += [Requirement(r) for group in ("course", "deploy", "online", "dev") for r in extras[group]]
+    found += [
+        Requirement(r) for group in ("course", "deploy", "online", "dev") for r in extras[group]
+    ]
     return [r for r in found if r.name != "foundation_course"]
 
 
 @pytest.mark.parametrize("requirement", _declared(), ids=str)
 def test_installed_version_meets_the_declared_bounds(requirement):
     version = importlib.metadata.version(requirement.name)
-    assert requirement.specifier.contains(version, prereleases=True), \
-        f"{requirement.name} {version} is installed, but pyproject.toml asks for {requirement.specifier}"
+    assert requirement.specifier.contains(version, prereleases=True), (
+        f"{requirement.name} {version} is installed; pyproject.toml: {requirement.specifier}"
+    )
 
 
 def test_nbdev_bound_allows_only_versions_with_cell_timeout():
@@ -113,38 +167,75 @@ def _fake_non_root(tmp_path: Path) -> dict:
 
 def test_make_without_root_stops_at_setup_naming_the_apt_command(tmp_path):
     venv = tmp_path / "venv"
-    done = subprocess.run(["make", "-s", "--no-print-directory", f"VENV={venv}", "CHROMIUM=/nonexistent/chromium",
-                           "FASHION_MNIST=/nonexistent/fashion-mnist", "test"],
-                          cwd=ROOT, env=_fake_non_root(tmp_path), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            "make",
+            "-s",
+            "--no-print-directory",
+            f"VENV={venv}",
+            "CHROMIUM=/nonexistent/chromium",
+            "FASHION_MNIST=/nonexistent/fashion-mnist",
+            "test",
+        ],
+        cwd=ROOT,
+        env=_fake_non_root(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert done.stderr.splitlines()[0] == (
-        "Missing Debian packages. Run: sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist chromium")
-    assert "-m pytest" not in done.stdout + done.stderr and not venv.exists(), "make went on past the missing packages"
+        "Missing Debian packages. Run: sudo apt-get update && "
+        "sudo apt-get install -y dataset-fashion-mnist chromium"
+    )
+    assert "-m pytest" not in done.stdout + done.stderr and not venv.exists(), (
+        "make went on past the missing packages"
+    )
 
 
 def test_data_stamp_depends_on_the_pins():
-    done = subprocess.run(["make", "-p", "-n", "-q", ".venv/.stamp-data"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        ["make", "-p", "-n", "-q", ".venv/.stamp-data"], cwd=ROOT, capture_output=True, text=True
+    )
     rule = next(line for line in done.stdout.splitlines() if line.startswith(".venv/.stamp-data:"))
-    assert "foundation_course/data.py" in rule, "a changed pin in data.py would not reinstall the offline packages"
+    assert "foundation_course/data.py" in rule, (
+        "a changed pin in data.py would not reinstall the offline packages"
+    )
 
 
 def test_gpu_carry_parts_fit_one_transfer_and_reassemble(tmp_path):
-    "tools/gpu_run.sh packs the GPU run's files into parts under the limit; staged again, they are the same files."
+    "tools/gpu_run.sh packs files into parts under the limit; staged again, they are the same."
     rng = np.random.default_rng(0)
-    originals = {"wheels/big.whl": 10_000, "wheels/small.whl": 3_000, "data/pattern/a&b.csv": 5_000, "x.gz": 7_000}
+    originals = {
+        "wheels/big.whl": 10_000,
+        "wheels/small.whl": 3_000,
+        "data/pattern/a&b.csv": 5_000,
+        "x.gz": 7_000,
+    }
     for rel, size in originals.items():
         (tmp_path / "carry" / "all" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "carry" / "all" / rel).write_bytes(rng.bytes(size))
     expected = {rel: (tmp_path / "carry" / "all" / rel).read_bytes() for rel in originals}
-    env = dict(os.environ, FC_GPU_PART_BYTES="8192", FC_GPU_CHUNK="4K", FC_GPU_STAGE=str(tmp_path / "stage"))
+    env = dict(
+        os.environ,
+        FC_GPU_PART_BYTES="8192",
+        FC_GPU_CHUNK="4K",
+        FC_GPU_STAGE=str(tmp_path / "stage"),
+    )
     script = str(ROOT / "tools" / "gpu_run.sh")
-    subprocess.run([script, "pack", str(tmp_path / "carry")], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [script, "pack", str(tmp_path / "carry")], env=env, check=True, capture_output=True
+    )
     parts = sorted((tmp_path / "carry").glob("part*"))
     assert len(parts) == 4, "25 KB in parts of 8 KiB: four parts when packed largest first"
     for part in parts:
-        assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) <= 8192, f"{part.name} is over the limit"
+        assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) <= 8192, (
+            f"{part.name} is over the limit"
+        )
         subprocess.run([script, "stage", str(part)], env=env, check=True, capture_output=True)
     subprocess.run([script, "assemble"], env=env, check=True, capture_output=True)
     staged = tmp_path / "stage" / "carry"
-    assert {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()} == set(originals)
+    assert {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()} == set(
+        originals
+    )
     assert all((staged / rel).read_bytes() == data for rel, data in expected.items())
