@@ -73,6 +73,8 @@ def int8_symmetric(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     "A CPU copy of `model` with every `nn.Linear` dynamically quantized to int8, a scale per row."
+    # torch.ao warns on every call that it moves to torchao (not a dependency here), and the
+    # warning is attributed to the caller, so core's per-library filters can't catch it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
