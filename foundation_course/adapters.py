@@ -7,35 +7,36 @@ Docs: https://foundation-course.github.io/foundation_course/adapters.html.md"""
 # %% ../nbs/08_adapters.ipynb #4f305343
 from __future__ import annotations
 
-import gc
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
 
-from .core import count_parameters, peak_memory_mb, reset_peak_memory
-from .data import (PaddingCollator, TextClassificationDataset, k_per_class, load_sentiment,
-                                    load_tokenizer)
-from .training import accuracy, fit
+from .core import count_parameters, exercise
 
 # %% auto #0
-__all__ = ['ADAPTER_TARGETS', 'BottleneckAdapter', 'WithAdapter', 'linear_module_names', 'match_modules', 'replace_module',
-           'add_adapters', 'train_only', 'SentimentTask', 'sentiment_task', 'checkpoint_size_mb', 'train_and_measure']
+__all__ = ['ADAPTER_TARGETS', 'BottleneckAdapter', 'is_linear', 'linear_module_names', 'match_modules', 'parent_of',
+           'replace_module', 'require_float_linear', 'wrap_modules', 'WithAdapter', 'add_adapters', 'train_only',
+           'checkpoint_size_mb', 'check_adapter_parameters', 'check_ffn_only_targets']
 
 # %% ../nbs/08_adapters.ipynb #ca4f051a
 class BottleneckAdapter(nn.Module):
-    "h + W_up σ(W_down h): a residual bottleneck of width `bottleneck`; W_up starts at zero, so it begins as the identity."
+    "A residual bottleneck, h + W_up σ(W_down h); W_up starts at 0, so it starts as the identity."
 
     def __init__(self, dim: int, bottleneck: int = 64, dropout: float = 0.0):
         super().__init__()
         if dim <= 0 or bottleneck <= 0:
-            raise ValueError(f"BottleneckAdapter needs dim > 0 and bottleneck > 0, got dim={dim}, bottleneck={bottleneck}")
-        self.down, self.act, self.up = nn.Linear(dim, bottleneck), nn.GELU(), nn.Linear(bottleneck, dim)
+            raise ValueError(
+                f"BottleneckAdapter needs dim > 0 and bottleneck > 0, got dim={dim}, "
+                f"bottleneck={bottleneck}; pass a positive width such as bottleneck=16"
+            )
+        self.down, self.act = nn.Linear(dim, bottleneck), nn.GELU()
+        self.up = nn.Linear(bottleneck, dim)
         self.dropout = nn.Dropout(dropout)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
@@ -43,70 +44,134 @@ class BottleneckAdapter(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.up(self.dropout(self.act(self.down(h))))
 
+# %% ../nbs/08_adapters.ipynb #6ab2908b
+ADAPTER_TARGETS = ("attention.output.dense", "output.dense")  # both sublayer output projections
 
+
+def _layer_numbers_as_n(name: str) -> str:
+    return re.sub(r"\.\d+(?=\.|$)", ".N", name)
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def is_linear(module: nn.Module) -> bool:
+    "Whether `module` is `nn.Linear` or GPT-2's `Conv1D` (a linear layer stored transposed)."
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    "Distinct names of `model`'s linear layers, layer numbers as N (for error messages)."
+    names = (_layer_numbers_as_n(n) for n, m in model.named_modules() if is_linear(m))
+    return list(dict.fromkeys(names))
+
+
+def match_modules(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    "Names of `model`'s modules that equal a target or end with `.target`, in model order."
+    if isinstance(targets, str) or not targets:
+        raise ValueError(
+            f"targets must be a non-empty list of module names, got targets={targets!r}; "
+            "pass a list such as ['query', 'value']"
+        )
+    names = [n for n, _ in model.named_modules() if n]
+    if missing := [t for t in targets if not any(_matches(n, t) for n in names)]:
+        raise ValueError(
+            f"targets={list(targets)!r}: {', '.join(map(repr, missing))} matches no module of "
+            f"{type(model).__name__}. Its linear layers (N = layer number) are: "
+            f"{', '.join(linear_module_names(model))}. Pass targets that are one of these names "
+            "or how one ends after a dot (e.g. 'query')."
+        )
+    return [n for n in names if any(_matches(n, t) for t in targets)]
+
+# %% ../nbs/08_adapters.ipynb #b7c1e5a2
+def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    "The module that holds the submodule `name`, and the attribute it is held under."
+    parent, _, child = name.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), child
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    "Put `new` where the submodule `name` is; returns the module it replaced."
+    parent, child = parent_of(model, name)
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+def require_float_linear(layer: nn.Module, wrapper: str, conv1d: bool = False) -> None:
+    "A TypeError naming the fix unless `layer` is a float nn.Linear (or, with `conv1d`, Conv1D)."
+    kinds = "nn.Linear or GPT-2's Conv1D" if conv1d else "nn.Linear"
+    if not (isinstance(layer, nn.Linear) or (conv1d and is_linear(layer))):
+        raise TypeError(
+            f"{wrapper} wraps {kinds}, got {type(layer).__name__}; choose targets that name "
+            "linear layers (linear_module_names(model) lists them)"
+        )
+    if not layer.weight.dtype.is_floating_point:
+        raise TypeError(
+            f"{wrapper} needs floating-point weights, got {layer.weight.dtype} (a quantized "
+            "model?); load the model in float32 or bfloat16, or for a 4-bit base use QLoRA "
+            "through peft (lora.qlora_classifier)"
+        )
+
+
+def wrap_modules(
+    model: nn.Module,
+    targets: Sequence[str],
+    wrap: Callable[[nn.Module], nn.Module],
+    wrapper_type: type,
+) -> list[str]:
+    "Replace each module named by `targets` with `wrap(module)`; all are built (and checked) first."
+    names = match_modules(model, targets)
+    wrapped = {}
+    for name in names:
+        if isinstance(parent_of(model, name)[0], wrapper_type):
+            raise ValueError(f"{name} sits inside a {wrapper_type.__name__} already; wrap it once")
+        try:
+            wrapped[name] = wrap(model.get_submodule(name))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{name} (matched by targets={list(targets)!r}): {e}") from None
+    for name, module in wrapped.items():
+        replace_module(model, name, module)
+    return names
+
+# %% ../nbs/08_adapters.ipynb #2c9d4e81
 class WithAdapter(nn.Module):
-    "A sublayer's output projection followed by an adapter: `adapter(layer(x))`."
+    "A sublayer's output projection followed by a new adapter: `adapter(layer(x))`."
 
-    def __init__(self, layer: nn.Linear, adapter: BottleneckAdapter):
+    def __init__(self, layer: nn.Linear, bottleneck: int = 64, dropout: float = 0.0):
         super().__init__()
-        self.layer, self.adapter = layer, adapter
+        if isinstance(layer, WithAdapter):
+            raise ValueError("This layer already has an adapter; call add_adapters once per model")
+        require_float_linear(layer, "WithAdapter")
+        self.layer = layer
+        self.adapter = BottleneckAdapter(layer.out_features, bottleneck, dropout).to(
+            layer.weight.device, layer.weight.dtype
+        )  # a bf16 model gets a bf16 adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.layer(x))
 
-# %% ../nbs/08_adapters.ipynb #6ab2908b
-ADAPTER_TARGETS = ("attention.output.dense", "output.dense")  # the two sublayer output projections of a BERT-family layer
 
-
-def _generic(name: str) -> str:
-    return re.sub(r"\.\d+(?=\.|$)", ".N", name)
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    "The distinct names of `model`'s linear layers, with layer numbers written as N (for error messages)."
-    return list(dict.fromkeys(_generic(n) for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"))
-
-
-def match_modules(model: nn.Module, targets: Sequence[str]) -> list[str]:
-    "Names of the modules of `model` whose name is a target or ends with `.target`, in model order; an error if a target matches nothing."
-    if isinstance(targets, str) or not targets:
-        raise ValueError(f"targets must be a non-empty list of module names, got {targets!r}")
-    names = [n for n, _ in model.named_modules() if n]
-    for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
-            raise ValueError(f"Target module {t!r} matches nothing in {type(model).__name__}. "
-                             f"Linear modules there (N = layer number): {', '.join(linear_module_names(model))}")
-    return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    "Put `new` where the submodule `name` is."
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-def add_adapters(model: nn.Module, bottleneck: int = 64, targets: Sequence[str] = ADAPTER_TARGETS,
-                 dropout: float = 0.0) -> list[str]:
-    "Wrap each linear module named by `targets` as `WithAdapter(linear, BottleneckAdapter)`; returns the wrapped names."
-    if bottleneck <= 0:
-        raise ValueError(f"bottleneck must be a positive integer, got {bottleneck}")
-    names = match_modules(model, targets)
-    for name in names:
-        module = model.get_submodule(name)
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        if isinstance(module, WithAdapter) or isinstance(parent, WithAdapter):
-            raise ValueError(f"{name} already has an adapter; call add_adapters once per model")
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"{name} is a {type(module).__name__}, not nn.Linear; target the sublayer's output projection")
-    for name in names:
-        layer = model.get_submodule(name)
-        adapter = BottleneckAdapter(layer.out_features, bottleneck, dropout).to(layer.weight.device)
-        replace_module(model, name, WithAdapter(layer, adapter))
-    return names
+def add_adapters(
+    model: nn.Module,
+    bottleneck: int = 64,
+    targets: Sequence[str] = ADAPTER_TARGETS,
+    dropout: float = 0.0,
+) -> list[str]:
+    "Wrap each linear module named by `targets` as `WithAdapter`; returns the wrapped names."
+    if not isinstance(bottleneck, int) or bottleneck <= 0:
+        raise ValueError(
+            f"bottleneck must be a positive integer, got bottleneck={bottleneck!r}; "
+            "pass a width such as bottleneck=16"
+        )
+    return wrap_modules(
+        model, targets, lambda layer: WithAdapter(layer, bottleneck, dropout), WithAdapter
+    )
 
 
 def train_only(model: nn.Module, keywords: Sequence[str]) -> dict[str, float]:
-    "Freeze every parameter except those whose name contains one of `keywords`; returns `count_parameters(model)`."
+    "Freeze every parameter except those whose name contains a keyword; returns `count_parameters`."
     hits = {k: 0 for k in keywords}
     for name, p in model.named_parameters():
         matched = [k for k in keywords if k in name]
@@ -114,53 +179,58 @@ def train_only(model: nn.Module, keywords: Sequence[str]) -> dict[str, float]:
         for k in matched:
             hits[k] += 1
     if missing := [k for k, n in hits.items() if n == 0]:
-        raise ValueError(f"No parameter name contains {missing}; parameter names look like {next(iter(model.state_dict()))!r}")
+        raise ValueError(
+            f"No parameter name contains {missing}; parameter names look like "
+            f"{next(iter(model.state_dict()))!r}: pass keywords that occur in them"
+        )
     return count_parameters(model)
 
 # %% ../nbs/08_adapters.ipynb #e060cb67
-@dataclass
-class SentimentTask:
-    "Tokenized sentiment splits and their collator, ready for `fit`."
-    train: TextClassificationDataset
-    validation: TextClassificationDataset
-    test: TextClassificationDataset
-    collate: PaddingCollator
-    n_train: int
-
-
-def sentiment_task(n_train: int | None = None, n_test: int | None = None, max_length: int = 64,
-                   tokenizer=None, model_name: str = "minilm", seed: int = 0) -> SentimentTask:
-    "rt-snippets (split by movie) tokenized: a class-balanced `n_train` subsample of train (all when None); test sorted by length, first `n_test`."
-    data = load_sentiment("rt-snippets", seed=seed)
-    tokenizer = tokenizer or load_tokenizer(model_name)
-    train = data.train if n_train is None else data.train.subset(k_per_class(data.train.labels, n_train // 2, seed=seed))
-    test = data.test.subset(np.argsort([len(t) for t in data.test.texts], kind="stable")[:n_test])
-    make = lambda split: TextClassificationDataset(split.texts, split.labels, tokenizer, max_length=max_length)
-    return SentimentTask(make(train), make(data.validation), make(test), PaddingCollator(tokenizer.pad_token_id), len(train))
-
-
 def checkpoint_size_mb(model: nn.Module) -> float:
-    "Size on disk of a safetensors file holding `model`'s trainable tensors: what a method must save per task."
-    from safetensors.torch import save_file
-    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    "Size of a safetensors file of `model`'s trainable tensors: what a method must save per task."
+    tensors = {
+        n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
+    }
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trainable.safetensors"
         save_file(tensors, str(path))
         return path.stat().st_size / 2**20
 
+# %% ../nbs/08_adapters.ipynb #a606b0af
+@exercise
+def check_adapter_parameters(fn: Callable[[int, int], int]) -> None:
+    "Exercise check: `fn(dim, bottleneck)` is the number of parameters of one `BottleneckAdapter`."
+    for d, m in [(8, 2), (384, 16), (768, 64)]:
+        real = sum(p.numel() for p in BottleneckAdapter(d, m).parameters())
+        assert fn(d, m) == real, (
+            f"dim={d}, bottleneck={m}: you said {fn(d, m)}, the module has {real}"
+        )
 
-def train_and_measure(name: str, model: nn.Module, task: SentimentTask, *, epochs: int, lr: float,
-                      batch_size: int = 16, **fit_kwargs: Any) -> dict[str, Any]:
-    "Train `model` (its `requires_grad` parameters) on `task` with `fit`, then measure test accuracy, size, memory and speed."
-    gc.collect()
-    reset_peak_memory()
-    rss_before = peak_memory_mb()["rss_mb"]
-    history = fit(model, task.train, epochs=epochs, lr=lr, batch_size=batch_size, collate_fn=task.collate,
-                  progress=False, **fit_kwargs)
-    peaks = peak_memory_mb()
-    counts = count_parameters(model)
-    return dict(method=name, test_acc=round(accuracy(model, task.test, collate_fn=task.collate), 4),
-                trainable=counts["trainable"], trainable_pct=round(counts["trainable_pct"], 3),
-                peak_rss_mb=peaks["rss_mb"], train_rss_mb=round(peaks["rss_mb"] - rss_before, 1),
-                peak_cuda_mb=peaks.get("cuda_mb"), step_s=round(history.train_seconds / max(history.epochs[-1]["step"], 1), 4),
-                checkpoint_mb=round(checkpoint_size_mb(model), 3), train_s=round(history.train_seconds, 1))
+
+def _tiny_bert() -> nn.Module:
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+
+
+@exercise
+def check_ffn_only_targets(
+    fn: Callable[[nn.Module], list[str]], model: nn.Module | None = None
+) -> None:
+    "Exercise check: `fn(model)` names each layer's feed-forward output projection, only."
+    model = model or _tiny_bert()
+    wrapped = add_adapters(model, bottleneck=4, targets=fn(model))
+    layers = model.config.num_hidden_layers
+    assert not any("attention" in n for n in wrapped), (
+        f"an attention projection was wrapped: {wrapped}"
+    )
+    assert all(re.fullmatch(r".*layer\.\d+\.output\.dense", n) for n in wrapped), (
+        f"wrap the feed-forward output projection (layer.N.output.dense), got {wrapped}"
+    )
+    assert len(wrapped) == layers, f"expected one adapter per layer: {wrapped}"

@@ -1,4 +1,4 @@
-"""LoRA written from scratch and checked against peft (same outputs, same merged weights, a loadable peft checkpoint); then full fine-tuning, a linear probe, adapters, LoRA, prompt tuning and IA³ on one task, in one table.
+"""LoRA written from scratch and checked against peft (same outputs, same merged weights, a loadable peft checkpoint); then full fine-tuning, a linear probe, adapters, LoRA, prompt tuning and IA³ on one task, in one table; and LoRA on a small causal LM, with constrained decoding.
 
 Docs: https://foundation-course.github.io/foundation_course/lora_peft.html.md"""
 
@@ -7,49 +7,57 @@ Docs: https://foundation-course.github.io/foundation_course/lora_peft.html.md"""
 # %% ../nbs/09_lora_peft.ipynb #e1303842
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from safetensors.torch import save
 from torch import nn
+from transformers import BitsAndBytesConfig
 
-from .adapters import (SentimentTask, add_adapters, match_modules, replace_module, train_and_measure,
-                                        train_only)
-from .core import artifact_dir, atomic_write_bytes, atomic_write_text, seed_everything
-from .data import CausalLMCollator, load_text_model
+from .adapters import require_float_linear, train_only, wrap_modules
+from .core import atomic_write_bytes, atomic_write_text, exercise
+from .data import load_text_model
 from .training import fit
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'CPU_N_TRAIN', 'CPU_EPOCHS', 'METHODS', 'LoRALinear', 'lora_layers', 'apply_lora', 'merge_lora',
-           'unmerge_lora', 'peft_lora_state', 'peft_lora_config', 'save_lora_as_peft', 'qlora_unavailable',
-           'qlora_classifier', 'compare_methods', 'comparison_config', 'format_table', 'find_artifact', 'review_prompt',
-           'causal_lm_lora']
+__all__ = ['LORA_TARGETS', 'LoRALinear', 'lora_layers', 'apply_lora', 'merge_lora', 'unmerge_lora', 'peft_lora_state',
+           'peft_lora_config', 'save_lora_as_peft', 'qlora_unavailable', 'qlora_classifier', 'review_prompt',
+           'prompt_ids', 'completion_pairs', 'CompletionCollator', 'greedy_continuations', 'label_word_scores',
+           'constrained_label_decode', 'label_word_said', 'causal_lm_lora', 'check_lora_parameters',
+           'check_merged_weight']
 
 # %% ../nbs/09_lora_peft.ipynb #ee95b4fa
 class LoRALinear(nn.Module):
-    "A frozen linear layer plus a trainable low-rank update: y = base(x) + (alpha/r)·B·A·dropout(x)."
+    "A frozen linear layer plus a trainable low-rank update: base(x) + (alpha/r)·B·A·dropout(x)."
 
     def __init__(self, base: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0):
         super().__init__()
         if isinstance(base, LoRALinear):
-            raise ValueError("This layer already has LoRA; apply LoRA once per layer (or unwrap `layer.base` first)")
+            raise ValueError(
+                "This layer already has LoRA; apply LoRA once per layer (or unwrap `layer.base`)"
+            )
+        require_float_linear(base, "LoRALinear", conv1d=True)
         if not isinstance(r, int) or r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+            raise ValueError(f"LoRA rank r must be a positive integer, got r={r!r}; pass e.g. r=8")
         if not alpha > 0:
-            raise ValueError(f"LoRA alpha must be positive, got {alpha!r}; the update is scaled by alpha/r")
+            raise ValueError(
+                f"LoRA alpha must be positive, got alpha={alpha!r}; the update is scaled by "
+                "alpha/r, so pass e.g. alpha=2*r"
+            )
         if not 0 <= dropout < 1:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
-        self.fan_in_fan_out = type(base).__name__ == "Conv1D"  # GPT-2's projections store their weight as (in, out)
-        if not (isinstance(base, nn.Linear) or self.fan_in_fan_out):
-            raise TypeError(f"LoRALinear wraps nn.Linear (or GPT-2's Conv1D), got {type(base).__name__}")
+            raise ValueError(f"LoRA dropout must be in [0, 1), got dropout={dropout!r}")
+        self.fan_in_fan_out = not isinstance(base, nn.Linear)  # GPT-2's Conv1D stores (in, out)
         d_out, d_in = base.weight.shape[::-1] if self.fan_in_fan_out else base.weight.shape
-        dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32
+        like = dict(dtype=base.weight.dtype, device=base.weight.device)
         self.base, self.r, self.alpha, self.scaling = base, r, alpha, alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, d_in, dtype=dtype, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=dtype, device=base.weight.device))
+        self.lora_A = nn.Parameter(torch.empty(r, d_in, **like))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -60,17 +68,20 @@ class LoRALinear(nn.Module):
             return out
         return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
-    def delta_weight(self) -> torch.Tensor:
-        "(alpha/r)·B·A, laid out like the base layer's weight."
-        delta = (self.lora_B @ self.lora_A) * self.scaling
-        return delta.T if self.fan_in_fan_out else delta
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        "(alpha/r)·B·A, computed in float32, shaped like the base weight; in `dtype` (A's if None)."
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        return (delta.T if self.fan_in_fan_out else delta).to(dtype or self.lora_A.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
-        "Add the low-rank update into the base weight, so that inference is one matmul."
+        "Add the update into the base weight (summed in float32, rounded once): one matmul."
         if self.merged:
-            raise RuntimeError("This LoRA layer is already merged; call unmerge() before merging again")
-        self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            raise RuntimeError(
+                "This LoRA layer is already merged; call unmerge() before merging again"
+            )
+        w = self.base.weight
+        w.copy_((w.float() + self.delta_weight(torch.float32)).to(w.dtype))
         self.merged = True
 
     @torch.no_grad()
@@ -78,14 +89,15 @@ class LoRALinear(nn.Module):
         "Subtract the low-rank update from the base weight again."
         if not self.merged:
             raise RuntimeError("This LoRA layer is not merged; there is nothing to unmerge")
-        self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+        w = self.base.weight
+        w.copy_((w.float() - self.delta_weight(torch.float32)).to(w.dtype))
         self.merged = False
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, merged={self.merged}"
 
 # %% ../nbs/09_lora_peft.ipynb #ec12f2be
-LORA_TARGETS = ("query", "key", "value", "attention.output.dense")  # every attention projection of a BERT-family layer
+LORA_TARGETS = ("query", "key", "value", "attention.output.dense")  # a BERT layer's attention
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -93,47 +105,50 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def apply_lora(model: nn.Module, targets: Sequence[str] = LORA_TARGETS, r: int = 8, alpha: float = 16,
-               dropout: float = 0.0) -> list[str]:
-    "Wrap each linear module named by `targets` in a `LoRALinear`; returns the wrapped names. Checks everything before changing anything."
-    if not isinstance(r, int) or r <= 0:
-        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
-    if not alpha > 0:
-        raise ValueError(f"LoRA alpha must be positive, got {alpha!r}; the update is scaled by alpha/r")
-    names = match_modules(model, targets)
-    for name in names:
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        if isinstance(model.get_submodule(name), LoRALinear) or isinstance(parent, LoRALinear):
-            raise ValueError(f"{name} already has LoRA; apply_lora was called twice on this layer")
-    for name in names:
-        replace_module(model, name, LoRALinear(model.get_submodule(name), r=r, alpha=alpha, dropout=dropout))
-    return names
+def apply_lora(
+    model: nn.Module,
+    targets: Sequence[str] = LORA_TARGETS,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+) -> list[str]:
+    "Wrap each linear module named by `targets` in a `LoRALinear`; returns the wrapped names."
+    return wrap_modules(
+        model, targets, lambda layer: LoRALinear(layer, r, alpha, dropout), LoRALinear
+    )
 
 
 def merge_lora(model: nn.Module) -> int:
-    "Merge every LoRA layer of `model` into its base weight; an error if there are none or any is already merged."
+    "Merge every LoRA layer of `model` into its base weight; returns how many."
     layers = lora_layers(model)
     if not layers:
         raise ValueError("merge_lora: the model has no LoRA layers; call apply_lora first")
     if merged := [n for n, m in layers.items() if m.merged]:
-        raise RuntimeError(f"The model is already merged ({len(merged)} LoRA layers, e.g. {merged[0]}); call unmerge_lora first")
+        raise RuntimeError(
+            f"The model is already merged ({len(merged)} LoRA layers, e.g. {merged[0]}); "
+            "call unmerge_lora first"
+        )
     for m in layers.values():
         m.merge()
     return len(layers)
 
 
 def unmerge_lora(model: nn.Module) -> int:
-    "Undo `merge_lora`: subtract every LoRA update from its base weight."
+    "Undo `merge_lora`: subtract every LoRA update from its base weight; returns how many."
     layers = lora_layers(model)
     if not layers or not all(m.merged for m in layers.values()):
-        raise RuntimeError("unmerge_lora: the model's LoRA layers are not (all) merged; call merge_lora first")
+        raise RuntimeError(
+            "unmerge_lora: the model's LoRA layers are not (all) merged; call merge_lora first"
+        )
     for m in layers.values():
         m.unmerge()
     return len(layers)
 
 # %% ../nbs/09_lora_peft.ipynb #13eafdf5
-def peft_lora_state(model: nn.Module, modules_to_save: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    "Our LoRA weights (and whole `modules_to_save`, e.g. the head) under the names peft saves them with."
+def peft_lora_state(
+    model: nn.Module, modules_to_save: Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    "Our LoRA weights (and whole `modules_to_save`, e.g. the head) under peft's names."
     state = {}
     for name, layer in lora_layers(model).items():
         state[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A.detach().contiguous().cpu()
@@ -144,217 +159,266 @@ def peft_lora_state(model: nn.Module, modules_to_save: Sequence[str] = ()) -> di
     return state
 
 
-def peft_lora_config(model: nn.Module, task_type: str | None = "SEQ_CLS", modules_to_save: Sequence[str] = (),
-                     base_model_name_or_path: str | None = None):
+def peft_lora_config(
+    model: nn.Module,
+    task_type: str | None = "SEQ_CLS",
+    modules_to_save: Sequence[str] = (),
+    base_model_name_or_path: str | None = None,
+) -> LoraConfig:
     "The `peft.LoraConfig` that describes our LoRA layers in `model` (one rank and alpha for all)."
-    from peft import LoraConfig
     layers = lora_layers(model)
     if not layers:
         raise ValueError("The model has no LoRA layers; call apply_lora first")
-    settings = {(m.r, m.alpha, getattr(m.dropout, "p", 0.0), m.fan_in_fan_out) for m in layers.values()}
+    settings = {
+        (m.r, m.alpha, getattr(m.dropout, "p", 0.0), m.fan_in_fan_out) for m in layers.values()
+    }
     if len(settings) > 1:
-        raise ValueError(f"All LoRA layers must share r, alpha and dropout to be described by one LoraConfig; found {sorted(settings)}")
+        raise ValueError(
+            "All LoRA layers must share r, alpha and dropout to be described by one LoraConfig; "
+            f"found {sorted(settings)}"
+        )
     r, alpha, dropout, fan_in_fan_out = settings.pop()
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(layers), fan_in_fan_out=fan_in_fan_out,
-                      task_type=task_type, modules_to_save=list(modules_to_save) or None,
-                      base_model_name_or_path=base_model_name_or_path)
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=sorted(layers),
+        fan_in_fan_out=fan_in_fan_out,
+        task_type=task_type,
+        modules_to_save=list(modules_to_save) or None,
+        base_model_name_or_path=base_model_name_or_path,
+    )
 
 
-def save_lora_as_peft(model: nn.Module, folder: str | Path, task_type: str | None = "SEQ_CLS",
-                      modules_to_save: Sequence[str] = ("classifier",), base_model_name_or_path: str | None = None) -> Path:
-    "Save our LoRA layers (and `modules_to_save`) as a peft adapter: `PeftModel.from_pretrained(base, folder)` loads it."
-    from safetensors.torch import save
+def save_lora_as_peft(
+    model: nn.Module,
+    folder: str | Path,
+    task_type: str | None = "SEQ_CLS",
+    modules_to_save: Sequence[str] = ("classifier",),
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    "Save our LoRA layers (and `modules_to_save`) as a peft adapter that `PeftModel` loads."
     config = peft_lora_config(model, task_type, modules_to_save, base_model_name_or_path).to_dict()
     config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     folder = Path(folder)
-    atomic_write_bytes(folder / "adapter_model.safetensors", save(peft_lora_state(model, modules_to_save)))
-    atomic_write_text(folder / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(
+        folder / "adapter_model.safetensors", save(peft_lora_state(model, modules_to_save))
+    )
+    atomic_write_text(
+        folder / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n"
+    )
     return folder
 
 # %% ../nbs/09_lora_peft.ipynb #4077b671
-def _full(model: nn.Module) -> nn.Module:
-    return model
-
-
-def _probe(model: nn.Module) -> nn.Module:
-    train_only(model, ["classifier"])
-    return model
-
-
-def _adapters(model: nn.Module) -> nn.Module:
-    add_adapters(model, bottleneck=16)
-    train_only(model, ["adapter", "classifier"])
-    return model
-
-
-def _our_lora(r: int) -> Callable[[nn.Module], nn.Module]:
-    def prepare(model: nn.Module) -> nn.Module:
-        apply_lora(model, LORA_TARGETS, r=r, alpha=2 * r)
-        train_only(model, ["lora_", "classifier"])
-        return model
-    return prepare
-
-
-def _peft(make_config: Callable[[], Any]) -> Callable[[nn.Module], nn.Module]:
-    def prepare(model: nn.Module) -> nn.Module:
-        from peft import get_peft_model
-        return get_peft_model(model, make_config())
-    return prepare
-
-
-def _peft_lora_config():
-    from peft import LoraConfig
-    return LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=list(LORA_TARGETS))
-
-
-def _prompt_config():
-    from peft import PromptTuningConfig
-    return PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20)
-
-
-def _ia3_config():
-    from peft import IA3Config
-    return IA3Config(task_type="SEQ_CLS")
-
-
-CPU_N_TRAIN, CPU_EPOCHS = 640, 2  # the cpu profile's class-balanced training subsample, and its epochs
-
-METHODS = {  # name: (prepare the loaded classifier, learning rate)
-    "full fine-tuning": (_full, 5e-5),
-    "linear probe": (_probe, 1e-2),
-    "adapters (m=16)": (_adapters, 2e-3),
-    "our LoRA r=4": (_our_lora(4), 2e-3),
-    "our LoRA r=8": (_our_lora(8), 2e-3),
-    "our LoRA r=16": (_our_lora(16), 2e-3),
-    "peft LoRA r=8": (_peft(_peft_lora_config), 2e-3),
-    "prompt tuning (20 tokens)": (_peft(_prompt_config), 3e-2),
-    "IA3": (_peft(_ia3_config), 1e-2),
-}
-
-
 def qlora_unavailable() -> str | None:
     "Why QLoRA can't run here (None when it can): it needs CUDA and the bitsandbytes package."
-    import importlib.util
     if not torch.cuda.is_available():
-        return "no CUDA device: bitsandbytes' 4-bit (NF4) weights and matmul kernels run on CUDA GPUs only"
+        return "no CUDA device: bitsandbytes' 4-bit (NF4) kernels run on CUDA GPUs only"
     if importlib.util.find_spec("bitsandbytes") is None:
-        return "the bitsandbytes package is not installed (pip install bitsandbytes)"
+        return "the bitsandbytes package is not installed (pip install 'foundation_course[gpu]')"
     return None
 
 
-def qlora_classifier(model_name: str, r: int = 8) -> nn.Module:
-    "QLoRA (Dettmers et al., 2023): the classifier's base weights in 4-bit NF4 on CUDA, bf16 compute, peft LoRA on top."
+def qlora_classifier(
+    model_name: str, r: int = 8, targets: Sequence[str] = LORA_TARGETS
+) -> nn.Module:
+    "QLoRA: the classifier's base weights in 4-bit NF4 on CUDA, bf16 compute, peft LoRA on top."
     if reason := qlora_unavailable():
         raise RuntimeError(f"QLoRA can't run here: {reason}")
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = load_text_model(model_name, task="sequence-classification", quantization_config=quant, device_map={"": 0})
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["classifier"],
+    )  # the new head stays trainable
+    model = load_text_model(
+        model_name, task="sequence-classification", quantization_config=quant, device_map={"": 0}
+    )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=2 * r, target_modules=list(LORA_TARGETS)))
-
-
-def compare_methods(task: SentimentTask, model_name: str = "minilm", *, epochs: int, batch_size: int = 16,
-                    methods: Sequence[str] | None = None, keep: Sequence[str] = (), qlora: bool = False,
-                    seed: int = 0) -> tuple[list[dict], dict[str, nn.Module]]:
-    "Train each method in `METHODS` (all by default; QLoRA too with `qlora` where it can run) on `task`; rows of measurements, and the models named in `keep`."
-    if unknown := [m for m in methods or () if m not in METHODS]:
-        raise ValueError(f"Unknown methods {unknown}; choose from {list(METHODS)}")
-    rows, kept = [], {}
-    load = lambda prepare: lambda: prepare(load_text_model(model_name, task="sequence-classification"))
-    plan = [(m, load(METHODS[m][0]), METHODS[m][1]) for m in methods or METHODS]
-    if qlora and qlora_unavailable() is None:
-        plan.append(("QLoRA r=8 (4-bit base)", lambda: qlora_classifier(model_name), 2e-3))
-    for name, make_model, lr in plan:
-        seed_everything(seed)
-        model = make_model()
-        rows.append(train_and_measure(name, model, task, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))
-        print(f"{name:<26} test acc {rows[-1]['test_acc']:.4f}  trainable {rows[-1]['trainable_pct']:.3f}%  {rows[-1]['step_s']:.3f} s/step", flush=True)
-        if name in keep:
-            kept[name] = model
-        del model
-    return rows, kept
-
-
-def comparison_config(profile: str) -> dict[str, Any]:
-    "How the comparison is sized at `profile`; `gpu` uses bert-base-uncased when the Hub is reachable, else the offline MiniLM."
-    from foundation_course.core import by_profile
-    from foundation_course.data import online
-    gpu_model = "bert-base-uncased" if profile == "gpu" and online() else "minilm"
-    return by_profile(profile, smoke=dict(n_train=16, n_test=16, epochs=1, batch_size=16, max_length=64, model="minilm"),
-                      cpu=dict(n_train=CPU_N_TRAIN, n_test=None, epochs=CPU_EPOCHS, batch_size=16, max_length=64, model="minilm"),
-                      gpu=dict(n_train=None, n_test=None, epochs=2, batch_size=32, max_length=128, model=gpu_model))
-
-
-def format_table(rows: Sequence[dict]) -> str:
-    "The comparison as a fixed-width text table."
-    cuda = any(r.get("peak_cuda_mb") is not None for r in rows)
-    head = f"{'method':<26} {'test acc':>8} {'trainable':>11} {'%':>7} {'peak RSS MB':>11} {'train +RSS':>10}" + (f" {'CUDA MB':>8}" if cuda else "") + f" {'s/step':>7} {'ckpt MB':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['method']:<26} {r['test_acc']:>8.4f} {r['trainable']:>11,} {r['trainable_pct']:>7.3f} {r['peak_rss_mb']:>11.0f} "
-                     f"{r['train_rss_mb']:>10.0f}" + (f" {r['peak_cuda_mb'] or 0:>8.0f}" if cuda else "") + f" {r['step_s']:>7.3f} {r['checkpoint_mb']:>8.3f}")
-    return "\n".join(lines)
+    config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=2 * r, target_modules=list(targets))
+    return get_peft_model(model, config)
 
 # %% ../nbs/09_lora_peft.ipynb #22193c8d
-def find_artifact(name: str, chapter: str, profile: str, out_dir: str | Path | None = None) -> Path | None:
-    "The folder of another chapter's saved model, or None after printing which chapter to run first."
-    folder = artifact_dir(name, profile, out_dir)
-    if (folder / "config.json").exists():
-        return folder
-    print(f"The {name!r} artefact is missing ({folder}). Run chapter {chapter} first at the same profile "
-          f"(foundation-course run {chapter.split('_')[0]} --profile {profile}); skipping this section.")
-    return None
-
-
 def review_prompt(text: str, label: str | None = None) -> str:
     "The instruction format of the causal-LM fine-tune."
     return f"Review: {text}\nSentiment:" + (f" {label}" if label is not None else "")
 
 
-@torch.no_grad()
-def _lm_loss(model: nn.Module, sequences: list[list[int]], collate: CausalLMCollator, batch_size: int = 32) -> float:
-    model.eval()
-    device, total, tokens = next(model.parameters()).device, 0.0, 0
-    for i in range(0, len(sequences), batch_size):
-        batch = {k: v.to(device) for k, v in collate(sequences[i: i + batch_size]).items()}
-        n = (batch["labels"][:, 1:] != -100).sum().item()
-        total, tokens = total + model(**batch).loss.item() * n, tokens + n
-    return total / max(tokens, 1)
+def _context_length(model: nn.Module) -> int:
+    return getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
 
 
+def _end_token(tokenizer) -> int:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def _pad_token(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _end_token(tokenizer)
+
+
+def prompt_ids(tokenizer, prompt: str, room: int) -> list[int]:
+    "The token ids of `prompt`, cut from the left to at most `room`: the question at its end stays."
+    if room <= 0:
+        raise ValueError(f"room={room}: the answer alone fills the context; use a shorter answer")
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"][-room:]
+
+
+def completion_pairs(
+    tokenizer, prompts: Sequence[str], completions: Sequence[str], context: int
+) -> list[tuple[list[int], list[int]]]:
+    "(prompt ids, completion ids + end token) per example, cut to fit `context` tokens."
+    pairs = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        answer = tokenizer(" " + completion, add_special_tokens=False)["input_ids"]
+        answer = answer + [_end_token(tokenizer)]
+        pairs.append((prompt_ids(tokenizer, prompt, context - len(answer)), answer))
+    return pairs
+
+
+class CompletionCollator:
+    "Batch (prompt ids, completion ids) pairs: padded on the right, the loss on completions only."
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, pairs: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(p) + len(c) for p, c in pairs)
+        ids = torch.full((len(pairs), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for i, (p, c) in enumerate(pairs):
+            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+            mask[i, : len(p) + len(c)] = 1
+        return dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+# %% ../nbs/09_lora_peft.ipynb #e7a2c9d1
 @torch.no_grad()
-def _continue(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+def greedy_continuations(
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4
+) -> list[str]:
+    "Free decoding: what the model writes after each prompt, the likeliest token at each step."
     model.eval()
     device, outs = next(model.parameters()).device, []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    room = model.config.n_positions - max_new_tokens  # the prompt's tail, so prompt and continuation fit the context
+    room = _context_length(model) - max_new_tokens  # prompt and continuation fit the context
     for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"][-room:]], device=device)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-        outs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        ids = torch.tensor([prompt_ids(tokenizer, prompt, room)], device=device)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=_pad_token(tokenizer),
+        )
+        outs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return outs
 
 
-def causal_lm_lora(folder: str | Path, train_texts: Sequence[str], eval_texts: Sequence[str], prompts: Sequence[str], *,
-                   targets: Sequence[str] = ("c_attn", "attn.c_proj"), r: int = 8, alpha: float = 16, epochs: int = 1,
-                   lr: float = 2e-3, batch_size: int = 16, max_length: int = 96, max_new_tokens: int = 8) -> dict[str, Any]:
-    "Fine-tune the causal LM saved in `folder` with our LoRA on `train_texts`; held-out loss and greedy continuations of `prompts`, before and after."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder))
-    max_length = min(max_length, model.config.n_positions)  # a small pretrained model may have a short context
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    encode = lambda texts: [tokenizer(t, add_special_tokens=False)["input_ids"][: max_length - 1] + [eos] for t in texts]
-    collate = CausalLMCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-    train, held_out = encode(train_texts), encode(eval_texts)
-    before = dict(loss=_lm_loss(model, held_out, collate), samples=_continue(model, tokenizer, prompts, max_new_tokens))
+@torch.no_grad()
+def label_word_scores(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    label_words: Sequence[str],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    "log p(word | prompt), summed over the word's tokens: one row per prompt, one column per word."
+    model.eval()
+    device, context = next(model.parameters()).device, _context_length(model)
+    collate = CompletionCollator(_pad_token(tokenizer))
+    scores = torch.empty(len(prompts), len(label_words))
+    for j, word in enumerate(label_words):
+        answer = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        pairs = [(prompt_ids(tokenizer, p, context - len(answer)), answer) for p in prompts]
+        for start in range(0, len(pairs), batch_size):
+            batch = {k: v.to(device) for k, v in collate(pairs[start : start + batch_size]).items()}
+            logp = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logp = logp.logits[:, :-1].float().log_softmax(-1)  # position i predicts token i + 1
+            targets = batch["labels"][:, 1:]
+            token_logp = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+            scores[start : start + len(batch["labels"]), j] = (
+                (token_logp * (targets != -100)).sum(-1).cpu()
+            )
+    return scores
+
+
+def constrained_label_decode(
+    model: nn.Module, tokenizer, prompts: Sequence[str], label_words: Sequence[str]
+) -> list[str]:
+    "Constrained decoding: for each prompt, the allowed label word the model finds likeliest."
+    if len(label_words) < 2 or len(set(label_words)) != len(label_words):
+        raise ValueError(
+            f"label_words must hold two or more distinct words, got {list(label_words)}"
+        )
+    best = label_word_scores(model, tokenizer, prompts, label_words).argmax(-1)
+    return [label_words[i] for i in best]
+
+
+def label_word_said(continuation: str, label_words: Sequence[str]) -> str | None:
+    "The label word a free continuation starts with, or None if it starts with anything else."
+    words = continuation.strip().split()
+    first = words[0].strip(".,;:!?\"'").lower() if words else ""
+    return first if first in label_words else None
+
+
+def causal_lm_lora(
+    model: nn.Module,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    pad_token_id: int,
+    *,
+    targets: Sequence[str] = ("c_attn", "c_proj", "c_fc"),
+    r: int = 8,
+    alpha: float = 16,
+    epochs: int = 1,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    max_steps: int | None = None,
+) -> dict:
+    "Train LoRA on a causal LM with the loss on the completions of `pairs`, then merge it."
     apply_lora(model, targets, r=r, alpha=alpha)
     counts = train_only(model, ["lora_"])
-    history = fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, collate_fn=collate, progress=False)
+    history = fit(
+        model,
+        list(pairs),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        collate_fn=CompletionCollator(pad_token_id),
+        max_steps=max_steps,
+    )
     merge_lora(model)
-    after = dict(loss=_lm_loss(model, held_out, collate), samples=_continue(model, tokenizer, prompts, max_new_tokens))
-    return dict(trainable=counts["trainable"], trainable_pct=round(counts["trainable_pct"], 3), steps=history.epochs[-1]["step"],
-                loss_before=round(before["loss"], 4), loss_after=round(after["loss"], 4),
-                samples_before=before["samples"], samples_after=after["samples"])
+    return dict(
+        trainable=counts["trainable"],
+        trainable_pct=round(counts["trainable_pct"], 3),
+        steps=history.epochs[-1]["step"],
+        train_loss=round(history.epochs[-1]["train_loss"], 4),
+    )
+
+# %% ../nbs/09_lora_peft.ipynb #2d8f7a61
+@exercise
+def check_lora_parameters(fn: Callable[[int, int, int], int]) -> None:
+    "Exercise check: `fn(d_in, d_out, r)` is the number of parameters `LoRALinear` adds."
+    for d_in, d_out, r in [(16, 12, 2), (384, 384, 8), (384, 1536, 16)]:
+        layer = LoRALinear(nn.Linear(d_in, d_out), r=r)
+        real = layer.lora_A.numel() + layer.lora_B.numel()
+        yours = fn(d_in, d_out, r)
+        assert yours == real, (
+            f"d_in={d_in}, d_out={d_out}, r={r}: you said {yours}, LoRA adds {real}"
+        )
+
+
+@exercise
+def check_merged_weight(fn: Callable[..., torch.Tensor]) -> None:
+    "Exercise check: `fn(W0, A, B, alpha, r)` is the weight that `LoRALinear.merge()` leaves."
+    layer = LoRALinear(nn.Linear(10, 6), r=3, alpha=5)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)))
+    inputs = [t.detach().clone() for t in (layer.base.weight, layer.lora_A, layer.lora_B)]
+    layer.merge()
+    yours = fn(*inputs, 5, 3)
+    assert tuple(yours.shape) == (6, 10), (
+        f"the merged weight is 6 x 10, yours is {tuple(yours.shape)}"
+    )
+    gap = (yours - layer.base.weight).abs().max().item()
+    assert gap < 1e-5, f"max difference from merge(): {gap:.2e}"

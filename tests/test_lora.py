@@ -1,22 +1,44 @@
-"""LoRA from scratch: identity at insertion, merge/unmerge, parity with peft, peft-format save, bad input, the causal-LM path."""
+"""LoRA from scratch: identity at insertion, merge/unmerge, parity with peft (and a mutation that
+breaks it), peft-format save, bad input, the causal-LM path and constrained decoding."""
+
 import copy
 
 import pytest
 import torch
+from conftest import tiny_bert
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from conftest import tiny_bert
 from foundation_course.adapters import train_only
-from foundation_course.core import artifact_dir
-from foundation_course.lora import (LORA_TARGETS, LoRALinear, apply_lora, causal_lm_lora, compare_methods, find_artifact,
-                                    lora_layers, merge_lora, peft_lora_config, peft_lora_state, qlora_unavailable,
-                                    review_prompt, save_lora_as_peft, unmerge_lora)
+from foundation_course.lora import (
+    LORA_TARGETS,
+    CompletionCollator,
+    LoRALinear,
+    apply_lora,
+    causal_lm_lora,
+    check_lora_parameters,
+    check_merged_weight,
+    completion_pairs,
+    constrained_label_decode,
+    greedy_continuations,
+    label_word_said,
+    label_word_scores,
+    lora_layers,
+    merge_lora,
+    peft_lora_config,
+    peft_lora_state,
+    prompt_ids,
+    qlora_unavailable,
+    review_prompt,
+    save_lora_as_peft,
+    unmerge_lora,
+)
 
-
-X = dict(input_ids=torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(1)),
-         attention_mask=torch.ones(3, 7, dtype=torch.long))
+X = dict(
+    input_ids=torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(1)),
+    attention_mask=torch.ones(3, 7, dtype=torch.long),
+)
 
 
 def logits(model):
@@ -43,12 +65,31 @@ def test_lora_is_identity_at_insertion_then_merge_matches_and_unmerge_restores(b
     nn.init.normal_(layer.lora_B)
     unmerged = layer(x).detach()
     assert not torch.allclose(unmerged, reference)
-    assert torch.allclose(unmerged, reference + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T), atol=1e-5)
+    assert torch.allclose(
+        unmerged, reference + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T), atol=1e-5
+    )
     layer.merge()
     assert torch.allclose(layer(x), unmerged, atol=1e-5)
     layer.unmerge()
     assert torch.allclose(base.weight, w0, atol=1e-6)
     assert torch.allclose(layer(x), unmerged, atol=1e-6)
+
+
+def test_bf16_merge_rounds_once_from_a_float32_sum():
+    torch.manual_seed(0)
+    base = nn.Linear(64, 32).to(torch.bfloat16)
+    w0 = base.weight.detach().clone()
+    layer = LoRALinear(base, r=4, alpha=8)
+    assert layer.lora_A.dtype == torch.bfloat16
+    nn.init.normal_(layer.lora_B, std=0.05)
+    expected = (w0.float() + 2.0 * (layer.lora_B.float() @ layer.lora_A.float())).to(torch.bfloat16)
+    layer.merge()
+    assert torch.equal(base.weight, expected)
+    x = torch.randn(16, 64).to(torch.bfloat16)
+    layer.unmerge()
+    unmerged = layer(x).float()
+    layer.merge()
+    assert (layer(x).float() - unmerged).abs().max() < 0.1  # bf16 rounding, not a wrong update
 
 
 def test_b_gets_gradient_at_init_and_dropout_only_touches_the_lora_branch():
@@ -57,7 +98,9 @@ def test_b_gets_gradient_at_init_and_dropout_only_touches_the_lora_branch():
     assert layer.lora_B.grad.abs().sum() > 0 and layer.lora_A.grad.abs().sum() == 0
     x = torch.randn(5, 8)
     layer.train()
-    assert torch.equal(layer(x), layer.base(x))  # B = 0: dropout on the branch input changes nothing
+    assert torch.equal(
+        layer(x), layer.base(x)
+    )  # B = 0: dropout on the branch input changes nothing
 
 
 def test_apply_lora_wraps_named_modules_and_keeps_outputs():
@@ -70,25 +113,64 @@ def test_apply_lora_wraps_named_modules_and_keeps_outputs():
     assert counts["trainable"] == 2 * 4 * 4 * (16 + 16) + 16 * 2 + 2
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda m: apply_lora(m, r=0), ValueError, "rank r must be a positive integer"),
-    (lambda m: apply_lora(m, r=-2), ValueError, "rank r must be a positive integer"),
-    (lambda m: apply_lora(m, alpha=0), ValueError, "alpha must be positive"),
-    (lambda m: apply_lora(m, alpha=-1.0), ValueError, "alpha must be positive"),
-    (lambda m: LoRALinear(nn.Linear(4, 4), r=0), ValueError, "rank r"),
-    (lambda m: LoRALinear(nn.Linear(4, 4), alpha=0), ValueError, "alpha"),
-    (lambda m: LoRALinear(nn.Embedding(4, 4)), TypeError, "wraps nn.Linear"),
-    (lambda m: merge_lora(m), ValueError, "no LoRA layers"),
-])
-def test_bad_input_is_refused_before_training(call, error, message):
+def int8_values(model):
+    "Pretend the value projections are int8 (as a quantized model's would be)."
+    for layer in model.bert.encoder.layer:
+        v = layer.attention.self.value
+        v.weight = nn.Parameter(v.weight.detach().to(torch.int8), requires_grad=False)
+    return model
+
+
+# Bad input: one case per kind, each checking the error type, the argument it names and the fix.
+@pytest.mark.parametrize(
+    "call, error, names, fix",
+    [
+        (
+            lambda m: apply_lora(m, ["qeury"]),
+            ValueError,
+            ["targets=['qeury']", "bert.encoder.layer.N.attention.self.query"],
+            "Pass targets",
+        ),
+        (lambda m: apply_lora(m, r=0), ValueError, ["r=0"], "pass e.g. r=8"),
+        (lambda m: apply_lora(m, r=-2), ValueError, ["r=-2"], "pass e.g. r=8"),
+        (lambda m: apply_lora(m, r=2.5), ValueError, ["r=2.5"], "pass e.g. r=8"),
+        (lambda m: apply_lora(m, alpha=0), ValueError, ["alpha=0"], "alpha=2*r"),
+        (
+            lambda m: apply_lora(m, ["attention.self"]),
+            TypeError,
+            ["targets=['attention.self']", "BertSelfAttention"],
+            "choose targets that name linear layers",
+        ),
+        (
+            lambda m: apply_lora(int8_values(m), ["value"]),
+            TypeError,
+            ["targets=['value']", "torch.int8"],
+            "QLoRA",
+        ),
+    ],
+    ids=["no-match", "r-zero", "r-negative", "r-float", "alpha", "not-linear", "int8-weights"],
+)
+def test_bad_input_is_refused_naming_the_argument_and_the_fix(call, error, names, fix):
+    model = tiny_bert()
+    with pytest.raises(error) as e:
+        call(model)
+    assert all(n in str(e.value) for n in names), str(e.value)
+    assert fix in str(e.value), str(e.value)
+    assert not lora_layers(model)  # checked before anything changed
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: LoRALinear(nn.Linear(4, 4), r=0), ValueError, "rank r"),
+        (lambda: LoRALinear(nn.Linear(4, 4), dropout=1.0), ValueError, "dropout"),
+        (lambda: LoRALinear(nn.Embedding(4, 4)), TypeError, "wraps nn.Linear"),
+        (lambda: merge_lora(tiny_bert()), ValueError, "no LoRA layers"),
+    ],
+)
+def test_layer_and_merge_refuse_bad_input(call, error, message):
     with pytest.raises(error, match=message):
-        call(tiny_bert())
-
-
-def test_target_that_matches_nothing_lists_the_available_names():
-    with pytest.raises(ValueError, match="matches nothing") as e:
-        apply_lora(tiny_bert(), ["qeury"])
-    assert "bert.encoder.layer.N.attention.self.query" in str(e.value)
+        call()
 
 
 def test_lora_twice_on_the_same_layer_is_refused_and_nothing_changes():
@@ -96,15 +178,15 @@ def test_lora_twice_on_the_same_layer_is_refused_and_nothing_changes():
     apply_lora(model, ["query"])
     with pytest.raises(ValueError, match="already has LoRA"):
         apply_lora(model, ["key", "query"])
-    assert isinstance(model.bert.encoder.layer[0].attention.self.key, nn.Linear)  # checked before anything changed
+    assert isinstance(model.bert.encoder.layer[0].attention.self.key, nn.Linear)
     with pytest.raises(ValueError, match="already has LoRA"):
         LoRALinear(model.bert.encoder.layer[0].attention.self.query)
+    with pytest.raises(ValueError, match="inside a LoRALinear"):
+        apply_lora(model, ["query.base"])
 
 
 def test_merging_twice_or_unmerging_unmerged_is_refused():
     model = trained_like(tiny_bert())
-    with pytest.raises(ValueError):
-        merge_lora(model)
     apply_lora(model, r=2)
     with pytest.raises(RuntimeError, match="not"):
         unmerge_lora(model)
@@ -124,19 +206,26 @@ def test_whole_model_merge_gives_same_outputs_and_unmerge_restores_weights():
     merge_lora(model)
     assert torch.allclose(logits(model), unmerged, atol=1e-5)
     unmerge_lora(model)
-    restored = {k.replace(".base.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
+    restored = {
+        k.replace(".base.", "."): v for k, v in model.state_dict().items() if "lora_" not in k
+    }
     assert restored.keys() == original.keys()
     assert all(torch.allclose(restored[k], original[k], atol=1e-6) for k in original)
 
 
 def peft_twin(model_before_lora, r=4, alpha=8):
     from peft import LoraConfig, get_peft_model
-    return get_peft_model(copy.deepcopy(model_before_lora),
-                          LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, target_modules=list(LORA_TARGETS)))
+
+    return get_peft_model(
+        copy.deepcopy(model_before_lora),
+        LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, target_modules=list(LORA_TARGETS)),
+    )
 
 
-def test_peft_with_our_a_and_b_gives_the_same_outputs_and_merged_weights():
+def assert_ours_matches_peft():
+    "Our LoRA and peft's, holding the same A, B and head: same logits, updates and merged weights."
     from peft import set_peft_model_state_dict
+
     base = tiny_bert()
     ours = copy.deepcopy(base)
     names = apply_lora(ours, r=4, alpha=8)
@@ -147,22 +236,49 @@ def test_peft_with_our_a_and_b_gives_the_same_outputs_and_merged_weights():
     assert torch.allclose(logits(ours), logits(theirs), atol=1e-6)
     for name in names:
         peft_layer = theirs.base_model.model.get_submodule(name)
-        assert torch.allclose(lora_layers(ours)[name].delta_weight(), peft_layer.get_delta_weight("default"), atol=1e-7)
+        assert torch.allclose(
+            lora_layers(ours)[name].delta_weight(),
+            peft_layer.get_delta_weight("default"),
+            atol=1e-7,
+        )
     merge_lora(ours)
     merged = theirs.merge_and_unload()
     for name in names:
-        assert torch.allclose(ours.get_submodule(name).base.weight, merged.get_submodule(name).weight, atol=1e-6)
+        assert torch.allclose(
+            ours.get_submodule(name).base.weight, merged.get_submodule(name).weight, atol=1e-6
+        )
+
+
+def test_peft_with_our_a_and_b_gives_the_same_outputs_and_merged_weights():
+    assert_ours_matches_peft()
+
+
+def test_parity_check_fails_when_our_scaling_is_wrong(monkeypatch):
+    "Mutation check: scale the update by alpha/(r+1) instead of alpha/r, and parity must fail."
+    init = LoRALinear.__init__
+
+    def wrong_scaling(self, base, r=8, alpha=16, dropout=0.0):
+        init(self, base, r, alpha, dropout)
+        self.scaling = alpha / (r + 1)
+
+    monkeypatch.setattr(LoRALinear, "__init__", wrong_scaling)
+    with pytest.raises(AssertionError):
+        assert_ours_matches_peft()
 
 
 def test_our_adapter_saved_in_peft_format_reloads_with_the_same_predictions(tmp_path):
     from peft import PeftModel
+
     base = tiny_bert()
     ours = copy.deepcopy(base)
     apply_lora(ours, r=4, alpha=8)
     trained_like(ours)
-    nn.init.normal_(ours.classifier.weight)  # the head is trained too, and must travel with the adapter
+    nn.init.normal_(ours.classifier.weight)  # the head is trained too, and must travel with it
     folder = save_lora_as_peft(ours, tmp_path / "adapter", modules_to_save=["classifier"])
-    assert {p.name for p in folder.iterdir()} == {"adapter_model.safetensors", "adapter_config.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
     reloaded = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
     assert torch.allclose(logits(reloaded), logits(ours), atol=1e-6)
     assert torch.allclose(logits(reloaded.merge_and_unload()), logits(ours), atol=1e-5)
@@ -176,44 +292,105 @@ def test_peft_config_needs_one_rank_for_all_layers():
         peft_lora_config(model)
 
 
-def test_compare_methods_trains_ours_and_peft_with_the_same_trainable_count(tmp_path):
-    from foundation_course.adapters import sentiment_task
-    from foundation_course.data import load_tokenizer
-    folder = tmp_path / "tiny-bert"
-    tiny_bert(vocab_size=load_tokenizer("minilm").vocab_size).save_pretrained(folder)
-    task = sentiment_task(n_train=16, n_test=16)
-    rows, kept = compare_methods(task, str(folder), epochs=1, batch_size=8,
-                                 methods=["linear probe", "our LoRA r=8", "peft LoRA r=8"], keep=["our LoRA r=8"])
-    by = {r["method"]: r for r in rows}
-    assert by["our LoRA r=8"]["trainable"] == by["peft LoRA r=8"]["trainable"]
-    assert by["linear probe"]["trainable"] == 16 * 2 + 2
-    assert set(kept) == {"our LoRA r=8"} and lora_layers(kept["our LoRA r=8"])
-    with pytest.raises(ValueError, match="Unknown methods"):
-        compare_methods(task, str(folder), epochs=1, methods=["lora"])
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_qlora_says_plainly_why_it_is_skipped_without_cuda():
     assert "CUDA" in qlora_unavailable()
 
 
-def test_missing_causal_lm_names_the_chapter_to_run(tmp_path, capsys):
-    assert find_artifact("causal-lm", "04_pretraining", "smoke", tmp_path) is None
-    assert "04_pretraining" in capsys.readouterr().out
+def test_exercise_checks_pass_the_right_answer_and_fail_wrong_ones():
+    assert check_lora_parameters(lambda d_in, d_out, r: r * (d_in + d_out)) is True
+    with pytest.raises(AssertionError):
+        check_lora_parameters(lambda d_in, d_out, r: r * d_in * d_out)
+    assert check_merged_weight(lambda W0, A, B, alpha, r: W0 + (alpha / r) * B @ A) is True
+    with pytest.raises(AssertionError):
+        check_merged_weight(lambda W0, A, B, alpha, r: W0 + B @ A)
 
 
-def test_lora_fine_tunes_a_saved_gpt2_style_causal_lm(tmp_path):
+# The causal-LM path: a tiny GPT-2 with a tokenizer trained on the reviews.
+@pytest.fixture(scope="module")
+def tiny_lm():
     from foundation_course.data import load_sentiment, train_tokenizer
+
     reviews = load_sentiment("rt-snippets")
-    texts = [review_prompt(t, "positive" if y else "negative") for t, y in zip(reviews.train.texts[:48], reviews.train.labels)]
-    folder = artifact_dir("causal-lm", "smoke", tmp_path)
-    tokenizer = train_tokenizer(reviews.train.texts[:500] + texts, vocab_size=400, save_dir=folder)
+    texts = reviews.train.texts[:400]
+    answers = [review_prompt("x", w) for w in ("positive", "negative")] * 100  # one token each
+    tokenizer = train_tokenizer(texts + answers, vocab_size=400)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).save_pretrained(folder)
-    assert find_artifact("causal-lm", "04_pretraining", "smoke", tmp_path) == folder
-    out = causal_lm_lora(folder, texts, texts[:16], [review_prompt(reviews.test.texts[0])], epochs=4, lr=1e-2,
-                         batch_size=8, max_new_tokens=3)
-    assert out["loss_after"] < out["loss_before"]
-    assert len(out["samples_before"]) == len(out["samples_after"]) == 1
-    assert 0 < out["trainable_pct"] < 100 and out["steps"] == 4 * 6
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=40,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    return model, tokenizer, reviews
+
+
+def test_prompts_are_cut_from_the_left_so_the_question_and_answer_fit(tiny_lm):
+    _, tokenizer, reviews = tiny_lm
+    prompt = review_prompt(" ".join(reviews.train.texts[:5]))
+    ids = prompt_ids(tokenizer, prompt, 20)
+    assert len(ids) == 20 and tokenizer.decode(ids).endswith("Sentiment:")
+    [(p, c)] = completion_pairs(tokenizer, [prompt], ["positive"], context=40)
+    assert len(p) + len(c) == 40 and c[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(c[:-1]).strip() == "positive"
+    with pytest.raises(ValueError, match="room=0"):
+        prompt_ids(tokenizer, prompt, 0)
+
+
+def test_completion_collator_puts_the_loss_on_completions_only():
+    batch = CompletionCollator(pad_token_id=0)([([5, 6, 7], [8, 9]), ([5], [8])])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 8, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, 8, 9], [-100, 8, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+
+
+def test_label_word_scores_are_the_log_probability_of_each_word(tiny_lm):
+    model, tokenizer, reviews = tiny_lm
+    prompts = [review_prompt(t) for t in reviews.test.texts[:3]]
+    words = ["positive", "mediocre"]  # one token, and several
+    scores = label_word_scores(model, tokenizer, prompts, words, batch_size=2)
+    assert scores.shape == (3, 2) and (scores < 0).all()
+    word = tokenizer(" mediocre", add_special_tokens=False)["input_ids"]
+    assert len(word) > 1
+    ids = prompt_ids(tokenizer, prompts[1], 40 - len(word)) + word
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    n = len(word)
+    by_hand = sum(logp[len(ids) - n - 1 + i, t] for i, t in enumerate(word))
+    assert scores[1, 1].item() == pytest.approx(by_hand.item(), abs=1e-4)
+    picked = constrained_label_decode(model, tokenizer, prompts, words)
+    assert picked == [words[i] for i in scores.argmax(-1)]
+    with pytest.raises(ValueError, match="two or more distinct"):
+        constrained_label_decode(model, tokenizer, prompts, ["positive"])
+
+
+def test_label_word_said_reads_the_first_word_only():
+    words = ["positive", "negative"]
+    assert label_word_said("Positive.", words) == "positive"
+    assert label_word_said(" negative review", words) == "negative"
+    assert label_word_said("the film is positive", words) is None
+    assert label_word_said("", words) is None
+
+
+def test_lora_teaches_a_small_causal_lm_to_answer_with_a_label_word(tiny_lm):
+    model, tokenizer, reviews = tiny_lm
+    model = copy.deepcopy(model)
+    words = ["positive", "negative"]
+    texts, labels = reviews.train.texts[:64], reviews.train.labels[:64]
+    prompts = [review_prompt(t) for t in texts]
+    pairs = completion_pairs(tokenizer, prompts, [words[y] for y in labels], context=40)
+    held_out = [review_prompt(t) for t in reviews.test.texts[:16]]
+    before = [label_word_said(c, words) for c in greedy_continuations(model, tokenizer, held_out)]
+    torch.manual_seed(0)
+    out = causal_lm_lora(model, pairs, tokenizer.pad_token_id, epochs=6, lr=2e-2, batch_size=16)
+    after = [label_word_said(c, words) for c in greedy_continuations(model, tokenizer, held_out)]
+    assert sum(s is not None for s in before) <= 4  # a random model rarely says one
+    assert all(s is not None for s in after), after
+    assert out["steps"] == 6 * 4 and 0 < out["trainable_pct"] < 100
+    assert lora_layers(model) and all(m.merged for m in lora_layers(model).values())
