@@ -212,7 +212,9 @@ def save_checkpoint(
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     atomic_write_text(root / "latest", final.name)
-    for old in sorted(root.glob("step-*"))[:-keep]:
+    # oldest first by write time, not by name: an earlier run in this folder may have got further
+    others = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: p.stat().st_mtime)
+    for old in others[: max(0, len(others) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

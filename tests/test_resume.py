@@ -4,6 +4,7 @@ disk, a kill in the middle of a write, and every random state restored on resume
 import errno
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -165,6 +166,17 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
     assert same_weights(
         resumed, train()
     )  # the checkpoint was intact: resuming gives the straight run
+
+
+def test_a_fresh_run_in_a_used_folder_keeps_its_own_checkpoint(finished_run):
+    "A run that got further (step 8) left its checkpoint; a fresh run's newer ones replace it."
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            finished_run, loss_fn=crash_after(5)
+        )  # resume=False: starts over, checkpoint at step 4
+    assert sorted(p.name for p in finished_run.iterdir()) == ["latest", "step-0000004"]
+    path, state = training.load_checkpoint(finished_run)
+    assert path.name == "step-0000004" and state["state"]["step"] == 4
 
 
 def test_nan_loss_without_checkpoints_says_so():
@@ -353,3 +365,46 @@ def test_two_processes_save_one_random_state_each(tmp_path):
     _, state = training.load_checkpoint(tmp_path / "ck")
     assert len(state["rng"]) == 2 and state["settings"]["processes"] == 2
     assert all(set(states) >= {"torch", "numpy", "python", "generator"} for states in state["rng"])
+
+
+def test_cuda_states_of_every_device_are_saved_and_restored(monkeypatch):
+    "On a machine with GPUs, each device's generator goes into the checkpoint and comes back."
+    devices = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [t.clone() for t in devices])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    saved = training.rng_states()
+    assert [t.item() for t in saved["cuda"]] == [1, 2]
+    training.set_rng_states(saved)
+    assert [t.item() for t in restored] == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_matches_an_uninterrupted_run(tmp_path):
+    def run(loss_fn=training.default_loss, resume=False):
+        model = mlp()
+        training.fit(
+            model,
+            toy_data(),
+            batch_size=16,
+            lr=1e-2,
+            loss_fn=loss_fn,
+            device="cuda",
+            mixed_precision="no",
+            checkpoint_dir=tmp_path / "ck",
+            checkpoint_every=2,
+            resume=resume,
+            progress=False,
+        )
+        return model
+
+    straight = run()
+    shutil.rmtree(tmp_path / "ck")
+    with pytest.raises(KeyboardInterrupt):
+        run(crash_after(5))
+    torch.cuda.manual_seed_all(
+        123
+    )  # dropout on the GPU draws from CUDA's generator: resume restores it
+    assert same_weights(run(resume=True), straight)
