@@ -10,7 +10,7 @@ def max_pool(hidden, mask):
 
 
 def freeze_all_but(model, names):
-    "Train only the parameters whose name starts with one of `names`; return how many numbers train."
+    "Train only the parameters whose name starts with one of `names`; return how many train."
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(tuple(names))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
