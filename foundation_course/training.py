@@ -368,12 +368,8 @@ class EarlyStopping:
     ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.monitor, self.mode, self.patience, self.restore_best = (
-            monitor,
-            mode,
-            patience,
-            restore_best,
-        )
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.restore_best = patience, restore_best
         self.best, self.bad_epochs, self.best_weights = None, 0, None
 
     def update(self, row: dict, model: nn.Module) -> bool:
@@ -570,12 +566,8 @@ def nonfinite_loss_error(
 class FitResult:
     "What `fit` did: per-epoch rows, per-step training losses, the best validation row, throughput."
 
-    epochs: list[dict] = field(
-        default_factory=list
-    )  # per epoch: step, lr, train_loss, seconds, val_*
-    steps: list[tuple[int, float]] = field(
-        default_factory=list
-    )  # (step, mean loss over log_every batches)
+    epochs: list[dict] = field(default_factory=list)  # step, lr, train_loss, seconds, val_*
+    steps: list[tuple[int, float]] = field(default_factory=list)  # (step, mean recent loss)
     best: dict | None = None  # the epoch row with the best `monitor`, when there is validation data
     stopped_early: bool = False
     train_seconds: float = 0.0
@@ -618,9 +610,7 @@ class TrainingLoop:
     "A `fit` run's pieces and the loop over them: `run` → `one_epoch` → `one_batch` → `after_step`."
 
     accelerator: Accelerator
-    model: (
-        nn.Module
-    )  # as `accelerator.prepare` returned it (wrapped for autocast or several processes)
+    model: nn.Module  # as `accelerator.prepare` returned it
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loader: DataLoader
@@ -633,9 +623,7 @@ class TrainingLoop:
     on_epoch_end: Callable | None = None
     grad_clip: float | None = 1.0
     log_every: int = 10  # optimizer steps between entries of `result.steps`
-    generator: torch.Generator | None = (
-        None  # the loader's, saved in checkpoints with the other RNGs
-    )
+    generator: torch.Generator | None = None  # the loader's; checkpoints save it too
     settings: dict = field(default_factory=dict)  # what a resume must match (see `check_same_run`)
     progress: bool = True
 
@@ -643,9 +631,7 @@ class TrainingLoop:
         self.metrics_fn = self.metrics_fn or loss_metrics(self.loss_fn)
         self.raw_model = self.accelerator.unwrap_model(self.model)
         self.result, self.losses, self.checked = FitResult(), [], False
-        self.state = dict(
-            step=0, epoch=0, batch=0
-        )  # where the run is: what a resume continues from
+        self.state = dict(step=0, epoch=0, batch=0)  # what a resume continues from
 
     def run(self, epochs: int) -> FitResult:
         "Train until `epochs` are done, the step budget is spent, or early stopping says stop."
@@ -669,9 +655,7 @@ class TrainingLoop:
 
     def one_epoch(self, epoch: int) -> None:
         "One pass over the training batches (the rest of one, after a resume mid-epoch)."
-        self.loader.set_epoch(
-            epoch
-        )  # accelerate passes it to our sampler, and to the skipping loader
+        self.loader.set_epoch(epoch)  # reaches our sampler, and the skipping loader
         self.model.train()
         skip = self.state["batch"]
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
@@ -735,11 +719,8 @@ class TrainingLoop:
         self.losses = []
         if self.val_loader is not None:
             row.update(evaluate(self.model, self.val_loader, self.metrics_fn, self.accelerator))
-            if (
-                self.stopper.update(row, self.raw_model)
-                and self.checkpointer
-                and self.stopper.best_weights
-            ):
+            improved = self.stopper.update(row, self.raw_model)
+            if improved and self.checkpointer is not None and self.stopper.best_weights:
                 self.checkpointer.save_best(self.stopper.best_weights)
         self.result.epochs.append(row)
         if self.on_epoch_end is not None:
