@@ -1,11 +1,14 @@
-"""Time our NT-Xent (forward + backward) against a reference formulation, at batch 512 and dimension 128.
+"""Time our NT-Xent (forward + backward) against a reference formulation, at batch 512 and
+dimension 128.
 
-The reference is the common SimCLR formulation: drop the diagonal of the similarity matrix with a boolean mask,
-gather each anchor's positive, and classify [positive, negatives] with the label 0. Both run in this process
-on the same inputs; the script checks that they agree and prints the time ratio (reference / ours: above 1 is faster).
+The reference is the common SimCLR formulation: drop the diagonal of the similarity matrix with a
+boolean mask, gather each anchor's positive, and classify [positive, negatives] with the label 0.
+Both run in this process on the same inputs; the script checks that they agree and prints the time
+ratio (reference / ours: above 1 is faster).
 
     python benchmarks/bench_ntxent.py [--batch 512] [--dim 128] [--repeats 50] [--device cpu]
 """
+
 import argparse
 import statistics
 import time
@@ -58,7 +61,10 @@ def main():
     g = torch.Generator().manual_seed(0)
     z1 = torch.randn(args.batch, args.dim, generator=g).to(device)
     z2 = torch.randn(args.batch, args.dim, generator=g).to(device)
-    ours_value, ref_value = nt_xent(z1, z2, args.temperature).item(), reference_nt_xent(z1, z2, args.temperature).item()
+    ours_value, ref_value = (
+        nt_xent(z1, z2, args.temperature).item(),
+        reference_nt_xent(z1, z2, args.temperature).item(),
+    )
     assert abs(ours_value - ref_value) < 1e-4 * max(1.0, abs(ref_value)), (ours_value, ref_value)
     # interleave the two, several rounds, so background load hits both alike
     ours, ref = [], []
@@ -66,8 +72,11 @@ def main():
         ours.append(time_fwd_bwd(nt_xent, z1, z2, args.temperature, args.repeats, device))
         ref.append(time_fwd_bwd(reference_nt_xent, z1, z2, args.temperature, args.repeats, device))
     t_ours, t_ref = min(ours), min(ref)
-    print(f"NT-Xent forward+backward, batch {args.batch}, dim {args.dim}, {device} ({torch.get_num_threads()} threads): "
-          f"ours {t_ours * 1e3:.2f} ms, reference {t_ref * 1e3:.2f} ms (loss {ours_value:.5f} vs {ref_value:.5f})")
+    print(
+        f"NT-Xent forward+backward, batch {args.batch}, dim {args.dim}, {device} "
+        f"({torch.get_num_threads()} threads): ours {t_ours * 1e3:.2f} ms, "
+        f"reference {t_ref * 1e3:.2f} ms (loss {ours_value:.5f} vs {ref_value:.5f})"
+    )
     print(f"speed ratio (reference / ours): {t_ref / t_ours:.2f}x  (target: 1.0x or better)")
 
 

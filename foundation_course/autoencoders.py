@@ -13,25 +13,34 @@ from torch import nn
 
 from .core import exercise
 
-
 # %% auto #0
 __all__ = ['ConvAutoencoder', 'reconstruction_loss', 'patchify', 'unpatchify', 'random_masking', 'MAE', 'mae_loss',
            'FeatureExtractor', 'check_normalize_patches', 'check_psnr']
 
 # %% ../nbs/06_autoencoders.ipynb #9e516e0d
 class ConvAutoencoder(nn.Module):
-    "A convolutional autoencoder for 28x28 images in [0, 1]: two stride-2 convs and a linear layer to `latent_dim`, mirrored back."
+    """A convolutional autoencoder for 28x28 images in [0, 1]: two stride-2 convs and a linear layer
+    to `latent_dim`, mirrored back."""
 
     def __init__(self, channels: int = 1, width: int = 32, latent_dim: int = 128):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 3, 2, 1), nn.ReLU(inplace=True),          # 28 -> 14
-            nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU(inplace=True),         # 14 -> 7
-            nn.Flatten(), nn.Linear(2 * width * 49, latent_dim))
+            nn.Conv2d(channels, width, 3, 2, 1),
+            nn.ReLU(inplace=True),  # 28 -> 14
+            nn.Conv2d(width, 2 * width, 3, 2, 1),
+            nn.ReLU(inplace=True),  # 14 -> 7
+            nn.Flatten(),
+            nn.Linear(2 * width * 49, latent_dim),
+        )
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 2 * width * 49), nn.ReLU(inplace=True), nn.Unflatten(1, (2 * width, 7, 7)),
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(inplace=True),  # 7 -> 14
-            nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Sigmoid())           # 14 -> 28
+            nn.Linear(latent_dim, 2 * width * 49),
+            nn.ReLU(inplace=True),
+            nn.Unflatten(1, (2 * width, 7, 7)),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+            nn.ReLU(inplace=True),  # 7 -> 14
+            nn.ConvTranspose2d(width, channels, 4, 2, 1),
+            nn.Sigmoid(),
+        )  # 14 -> 28
         self.feature_dim = latent_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,32 +48,47 @@ class ConvAutoencoder(nn.Module):
 
 
 def reconstruction_loss(model: nn.Module, batch) -> torch.Tensor:
-    "Mean squared error between a batch of images (`x` or `(x, ...)`) and the model's reconstructions: a `loss_fn` for `fit`."
+    """Mean squared error between a batch of images (`x` or `(x, ...)`) and the model's
+    reconstructions: a `loss_fn` for `fit`."""
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
     return F.mse_loss(model(x), x)
 
 # %% ../nbs/06_autoencoders.ipynb #bbca7b60
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
-    "Cut images (N, C, H, W) into non-overlapping `patch`x`patch` patches: (N, (H/p)(W/p), C*p*p), row by row."
+    """Cut images (N, C, H, W) into non-overlapping `patch`x`patch` patches: (N, (H/p)(W/p), C*p*p),
+    row by row."""
     n, c, h, w = images.shape
     if h % patch or w % patch:
-        raise ValueError(f"Image size {h}x{w} is not divisible by patch={patch}; choose a patch size that divides both")
+        raise ValueError(
+            f"Image size {h}x{w} is not divisible by patch={patch}; choose a patch size that "
+            "divides both"
+        )
     x = images.reshape(n, c, h // patch, patch, w // patch, patch)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(n, (h // patch) * (w // patch), c * patch * patch)
 
 
-def unpatchify(patches: torch.Tensor, patch: int, channels: int, size: tuple[int, int]) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch: int, channels: int, size: tuple[int, int]
+) -> torch.Tensor:
     "The inverse of `patchify`: (N, L, C*p*p) back to images (N, C, H, W) of `size` (H, W)."
     h, w = size
     x = patches.reshape(len(patches), h // patch, w // patch, channels, patch, patch)
     return x.permute(0, 3, 1, 4, 2, 5).reshape(len(patches), channels, h, w)
 
 # %% ../nbs/06_autoencoders.ipynb #c4eb4ecc
-def random_masking(n: int, length: int, mask_ratio: float, device: torch.device | str = "cpu",
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    "For `n` sequences of `length` tokens, a random subset to keep: (kept indices (n, n_keep), mask (n, length), True = hidden)."
+def random_masking(
+    n: int,
+    length: int,
+    mask_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `n` sequences of `length` tokens, a random subset to keep: (kept indices (n, n_keep),
+    mask (n, length), True = hidden)."""
     if not 0 <= mask_ratio < 1:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}; 0.75 hides three patches in four")
+        raise ValueError(
+            f"mask_ratio must be in [0, 1), got {mask_ratio}; 0.75 hides three patches in four"
+        )
     n_keep = max(1, round(length * (1 - mask_ratio)))
     order = torch.rand(n, length, generator=generator, device=device).argsort(dim=1)
     keep = order[:, :n_keep].sort(dim=1).values
@@ -73,17 +97,35 @@ def random_masking(n: int, length: int, mask_ratio: float, device: torch.device 
 
 
 def _transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
 class MAE(nn.Module):
-    "A masked autoencoder: a small ViT encoder sees only the kept patches; a light decoder adds mask tokens and predicts every patch."
+    """A masked autoencoder: a small ViT encoder sees only the kept patches; a light decoder adds
+    mask tokens and predicts every patch."""
 
-    def __init__(self, image_size: int = 28, patch: int = 4, channels: int = 1, dim: int = 64, depth: int = 4, heads: int = 4,
-                 decoder_dim: int = 64, decoder_depth: int = 1, mask_ratio: float = 0.75):
+    def __init__(
+        self,
+        image_size: int = 28,
+        patch: int = 4,
+        channels: int = 1,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        decoder_dim: int = 64,
+        decoder_depth: int = 1,
+        mask_ratio: float = 0.75,
+    ):
         super().__init__()
-        self.patch, self.channels, self.size, self.mask_ratio = patch, channels, (image_size, image_size), mask_ratio
+        self.patch, self.channels, self.size, self.mask_ratio = (
+            patch,
+            channels,
+            (image_size, image_size),
+            mask_ratio,
+        )
         self.length = (image_size // patch) ** 2
         self.embed = nn.Linear(channels * patch * patch, dim)
         self.pos = nn.Parameter(torch.randn(1, self.length, dim) * 0.02)
@@ -91,27 +133,39 @@ class MAE(nn.Module):
         self.to_decoder = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos = nn.Parameter(torch.randn(1, self.length, decoder_dim) * 0.02)
-        self.decoder, self.decoder_norm = _transformer(decoder_dim, decoder_depth, heads), nn.LayerNorm(decoder_dim)
+        self.decoder, self.decoder_norm = (
+            _transformer(decoder_dim, decoder_depth, heads),
+            nn.LayerNorm(decoder_dim),
+        )
         self.predict = nn.Linear(decoder_dim, channels * patch * patch)
         self.feature_dim = dim
 
-    def encode(self, images: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "Encode a random `1 - mask_ratio` of each image's patches: (tokens (N, n_keep, dim), kept indices, mask)."
+    def encode(
+        self, images: torch.Tensor, mask_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode a random `1 - mask_ratio` of each image's patches: (tokens (N, n_keep, dim), kept
+        indices, mask)."""
         tokens = self.embed(patchify(images, self.patch)) + self.pos
         keep, mask = random_masking(len(images), self.length, mask_ratio, images.device)
         tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         return self.norm(self.encoder(tokens)), keep, mask
 
-    def forward(self, images: torch.Tensor, mask_ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        "Predicted pixels of every patch (N, L, C*p*p), and the mask (True where the encoder saw nothing)."
-        encoded, keep, mask = self.encode(images, self.mask_ratio if mask_ratio is None else mask_ratio)
+    def forward(
+        self, images: torch.Tensor, mask_ratio: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted pixels of every patch (N, L, C*p*p), and the mask (True where the encoder saw
+        nothing)."""
+        encoded, keep, mask = self.encode(
+            images, self.mask_ratio if mask_ratio is None else mask_ratio
+        )
         visible = self.to_decoder(encoded)
         tokens = self.mask_token.expand(len(images), self.length, -1)
         tokens = tokens.scatter(1, keep.unsqueeze(-1).expand(-1, -1, visible.shape[-1]), visible)
         return self.predict(self.decoder_norm(self.decoder(tokens + self.decoder_pos))), mask
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        "The mean of the encoder's output tokens over all patches (no masking): what a linear probe sees."
+        """The mean of the encoder's output tokens over all patches (no masking): what a linear
+        probe sees."""
         return self.encode(images, 0.0)[0].mean(1)
 
 
@@ -124,7 +178,8 @@ def mae_loss(model: MAE, batch) -> torch.Tensor:
 
 
 class FeatureExtractor(nn.Module):
-    "A model's feature method (e.g. `MAE.features`) as a module, so that `extract_features` serves every model."
+    """A model's feature method (e.g. `MAE.features`) as a module, so that `extract_features` serves
+    every model."""
 
     def __init__(self, model: nn.Module, method: str):
         super().__init__()
@@ -136,14 +191,17 @@ class FeatureExtractor(nn.Module):
 # %% ../nbs/06_autoencoders.ipynb #0b7a2ca8
 @exercise
 def check_normalize_patches(fn) -> None:
-    "Exercise check: `fn(patches)` normalizes each patch (last axis) by its own mean and variance, eps 1e-6."
+    """Exercise check: `fn(patches)` normalizes each patch (last axis) by its own mean and variance,
+    eps 1e-6."""
     g = torch.Generator().manual_seed(0)
     p = patchify(torch.rand(4, 1, 28, 28, generator=g), 4)
     want = F.layer_norm(p, p.shape[-1:], eps=1e-6)
     got = fn(p)
     assert got.shape == p.shape, f"shape {tuple(got.shape)}, expected {tuple(p.shape)}"
     gap = (got - want).abs().max()
-    assert torch.allclose(got, want, atol=1e-4), f"max difference {gap:.2e} from F.layer_norm over each patch"
+    assert torch.allclose(got, want, atol=1e-4), (
+        f"max difference {gap:.2e} from F.layer_norm over each patch"
+    )
 
 
 @exercise
@@ -152,11 +210,14 @@ def check_psnr(fn) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 8, 8, generator=g)
     got = float(fn(x, x + 0.1))
-    assert abs(got - 20.0) < 1e-3, f"a constant error of 0.1 is an MSE of 0.01, 20 dB; you got {got:.3f}"
+    assert abs(got - 20.0) < 1e-3, (
+        f"a constant error of 0.1 is an MSE of 0.01, 20 dB; you got {got:.3f}"
+    )
     y = x.clone()
     y[0] += 0.1
     y[1] += 0.01
     y[2] += 0.001
     got = float(fn(x, y))
-    assert abs(got - 40.0) < 1e-3, f"images at 20, 40 and 60 dB: expected 40 dB on average, got {got:.3f}"
-
+    assert abs(got - 40.0) < 1e-3, (
+        f"images at 20, 40 and 60 dB: expected 40 dB on average, got {got:.3f}"
+    )

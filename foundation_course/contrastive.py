@@ -29,39 +29,63 @@ __all__ = ['nt_xent', 'info_nce', 'ImageViews', 'to_unit_range', 'BasicBlock', '
 # %% ../nbs/05_contrastive.ipynb #8fce0904
 def _check_views(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
     if z1.shape != z2.shape:
-        raise ValueError(f"The two views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}; "
-                         "pass the embeddings of view 1 and view 2 of the same batch, in the same order")
+        raise ValueError(
+            f"The two views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}; "
+            "pass the embeddings of view 1 and view 2 of the same batch, in the same order"
+        )
     if z1.ndim != 2:
-        raise ValueError(f"Embeddings must be 2-D (batch, dim), got shape {tuple(z1.shape)}; flatten them first")
+        raise ValueError(
+            f"Embeddings must be 2-D (batch, dim), got shape {tuple(z1.shape)}; flatten them first"
+        )
     if len(z1) < 2:
-        raise ValueError(f"A contrastive loss needs a batch of at least 2 (the negatives are the other samples), got {len(z1)}; "
-                         "use a larger batch_size, or a dataset size that leaves no last batch of 1")
+        raise ValueError(
+            "A contrastive loss needs a batch of at least 2 (the negatives are the other "
+            f"samples), got {len(z1)}; "
+            "use a larger batch_size, or a dataset size that leaves no last batch of 1"
+        )
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; typical values are 0.05 to 1.0")
+        raise ValueError(
+            f"temperature must be > 0, got {temperature}; typical values are 0.05 to 1.0"
+        )
 
 
 def _explain_nan(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> str:
     z = torch.cat([z1, z2]).detach()
     bad, zero = (~torch.isfinite(z)).any(1).sum().item(), (z.norm(dim=1) == 0).sum().item()
     if bad:
-        return f"{bad} of {len(z)} embeddings contain NaN or inf: the encoder has diverged (lower the learning rate, check the inputs)"
+        return (
+            f"{bad} of {len(z)} embeddings contain NaN or inf: the encoder has diverged "
+            "(lower the learning rate, check the inputs)"
+        )
     if zero:
-        return f"{zero} of {len(z)} embeddings are all zeros, so their cosine similarity is undefined: the encoder has collapsed"
-    return f"the similarities overflowed at temperature={temperature}; raise the temperature or compute in float32"
+        return (
+            f"{zero} of {len(z)} embeddings are all zeros, so their cosine similarity is "
+            "undefined: the encoder has collapsed"
+        )
+    return (
+        f"the similarities overflowed at temperature={temperature}; "
+        "raise the temperature or compute in float32"
+    )
 
 
 def _loss_dtype(x: torch.Tensor) -> torch.dtype:
-    "The dtype a contrastive loss computes in: float32 for bf16/fp16 input (exp of logits overflows them), else x's own."
+    """The dtype a contrastive loss computes in: float32 for bf16/fp16 input (exp of logits
+    overflows them), else x's own."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    "NT-Xent (InfoNCE over 2N views): `z1[i]` and `z2[i]` are a positive pair, the other 2N-2 views its negatives."
+    """NT-Xent (InfoNCE over 2N views): `z1[i]` and `z2[i]` are a positive pair, the other 2N-2
+    views its negatives."""
     _check_views(z1, z2, temperature)
     n, dtype = len(z1), _loss_dtype(z1)
     z = torch.cat([z1, z2]).to(dtype)
-    z = z / z.norm(dim=1, keepdim=True)  # no eps: a zero embedding gives NaN, which is caught and explained below
-    logits = (z @ z.T).to(dtype) / temperature  # under autocast the matmul runs in bf16: back to `dtype`
+    z = z / z.norm(
+        dim=1, keepdim=True
+    )  # no eps: a zero embedding gives NaN, which is caught and explained below
+    logits = (z @ z.T).to(
+        dtype
+    ) / temperature  # under autocast the matmul runs in bf16: back to `dtype`
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     loss = F.cross_entropy(logits, partner)
@@ -71,20 +95,26 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
 # %% ../nbs/05_contrastive.ipynb #957144a7
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-    "One-directional InfoNCE: `queries[i]`'s positive is `keys[i]`, its negatives the other keys (SimCSE's form)."
+    """One-directional InfoNCE: `queries[i]`'s positive is `keys[i]`, its negatives the other keys
+    (SimCSE's form)."""
     _check_views(queries, keys, temperature)
     dtype = _loss_dtype(queries)
     q, k = F.normalize(queries.to(dtype), dim=1), F.normalize(keys.to(dtype), dim=1)
     loss = F.cross_entropy((q @ k.T).to(dtype) / temperature, torch.arange(len(q), device=q.device))
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"InfoNCE is {loss.item()}: {_explain_nan(queries, keys, temperature)}")
+        raise FloatingPointError(
+            f"InfoNCE is {loss.item()}: {_explain_nan(queries, keys, temperature)}"
+        )
     return loss
 
 # %% ../nbs/05_contrastive.ipynb #2ed824ff
 class ImageViews(Dataset):
-    "uint8 images (N, H, W) or (N, C, H, W) with `transform` applied per item; `TwoViews(...)` gives a positive pair; with `labels`, `(view, label)`."
+    """uint8 images (N, H, W) or (N, C, H, W) with `transform` applied per item; `TwoViews(...)`
+    gives a positive pair; with `labels`, `(view, label)`."""
 
-    def __init__(self, images: torch.Tensor, transform: Callable, labels: torch.Tensor | None = None):
+    def __init__(
+        self, images: torch.Tensor, transform: Callable, labels: torch.Tensor | None = None
+    ):
         self.images = images[:, None] if images.ndim == 3 else images
         self.transform, self.labels = transform, labels
 
@@ -97,29 +127,46 @@ class ImageViews(Dataset):
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    "uint8 images (N, H, W) or (N, C, H, W) as float in [0, 1] with a channel axis: what the encoders see without augmentation."
+    """uint8 images (N, H, W) or (N, C, H, W) as float in [0, 1] with a channel axis: what the
+    encoders see without augmentation."""
     images = images[:, None] if images.ndim == 3 else images
     return images.float() / 255
 
 # %% ../nbs/05_contrastive.ipynb #47bfa319
 class BasicBlock(nn.Module):
-    "A ResNet basic block: two 3x3 conv-BN layers plus a shortcut (a 1x1 conv when the shape changes)."
+    """A ResNet basic block: two 3x3 conv-BN layers plus a shortcut (a 1x1 conv when the shape
+    changes)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                                  nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else
-                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.shortcut(x))
 
 
-def resnet_encoder(width: int = 32, channels: int = 1, blocks: Sequence[int] = (1, 1, 1)) -> nn.Sequential:
-    "A small ResNet for 28x28 images: 3x3 stem and 2x2 max-pool, three stages (width, 2x, 4x; stride 1, 2, 2), global average pooling."
-    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                               nn.MaxPool2d(2)]
+def resnet_encoder(
+    width: int = 32, channels: int = 1, blocks: Sequence[int] = (1, 1, 1)
+) -> nn.Sequential:
+    """A small ResNet for 28x28 images: 3x3 stem and 2x2 max-pool, three stages (width, 2x, 4x;
+    stride 1, 2, 2), global average pooling."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    ]
     c_in = width
     for stage, n in enumerate(blocks):
         for i in range(n):
@@ -131,93 +178,186 @@ def resnet_encoder(width: int = 32, channels: int = 1, blocks: Sequence[int] = (
 
 
 class SimCLR(nn.Module):
-    "An encoder and a projection head (Linear-BN-ReLU-Linear); the loss sees the projections, downstream tasks the encoder's features."
+    """An encoder and a projection head (Linear-BN-ReLU-Linear); the loss sees the projections,
+    downstream tasks the encoder's features."""
 
-    def __init__(self, encoder: nn.Module, feature_dim: int, proj_dim: int = 128, hidden_dim: int | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feature_dim: int,
+        proj_dim: int = 128,
+        hidden_dim: int | None = None,
+    ):
         super().__init__()
         hidden_dim = hidden_dim or feature_dim
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Linear(feature_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
+        self.head = nn.Sequential(
+            nn.Linear(feature_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, proj_dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
 
 
-def simclr_loss(temperature: float = 0.5) -> Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]:
-    "A `loss_fn(model, batch)` for `fit`: NT-Xent of the projections of a batch `(view1, view2)`, both views in one forward pass."
+def simclr_loss(
+    temperature: float = 0.5,
+) -> Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]:
+    """A `loss_fn(model, batch)` for `fit`: NT-Xent of the projections of a batch `(view1, view2)`,
+    both views in one forward pass."""
+
     def loss(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        z1, z2 = model(torch.cat([batch[0], batch[1]])).chunk(2)  # one pass: batch-norm statistics over both views
+        z1, z2 = model(torch.cat([batch[0], batch[1]])).chunk(
+            2
+        )  # one pass: batch-norm statistics over both views
         return nt_xent(z1, z2, temperature)
+
     return loss
 
 # %% ../nbs/05_contrastive.ipynb #0a843a32
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    "The encoder's features of uint8 images (or float images in [0, 1]) in eval mode, computed on its device, returned on CPU."
+def extract_features(
+    encoder: nn.Module, images: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    """The encoder's features of uint8 images (or float images in [0, 1]) in eval mode, computed on
+    its device, returned on CPU."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     x = to_unit_range(images) if images.dtype == torch.uint8 else images
-    out = torch.cat([encoder(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    out = torch.cat(
+        [
+            encoder(x[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
     encoder.train(was_training)
     return out
 
 
-def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> float:
-    "Weighted kNN accuracy with cosine similarity: each of the k nearest training features votes exp(sim / temperature) for its class."
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> float:
+    """Weighted kNN accuracy with cosine similarity: each of the k nearest training features votes
+    exp(sim / temperature) for its class."""
     if not 1 <= k <= len(train_features):
-        raise ValueError(f"k must be between 1 and the number of training features ({len(train_features)}), got {k}")
-    train, test = F.normalize(train_features.float(), dim=1), F.normalize(test_features.float(), dim=1)
+        raise ValueError(
+            f"k must be between 1 and the number of training features ({len(train_features)}), got "
+            f"{k}"
+        )
+    train, test = (
+        F.normalize(train_features.float(), dim=1),
+        F.normalize(test_features.float(), dim=1),
+    )
     n_classes = int(max(train_labels.max(), test_labels.max())) + 1
     correct = 0
     for i in range(0, len(test), chunk):
-        sim, idx = (test[i:i + chunk] @ train.T).topk(k, dim=1)
-        votes = torch.zeros(len(sim), n_classes).scatter_add_(1, train_labels[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1) == test_labels[i:i + chunk]).sum().item()
+        sim, idx = (test[i : i + chunk] @ train.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), n_classes).scatter_add_(
+            1, train_labels[idx], (sim / temperature).exp()
+        )
+        correct += (votes.argmax(1) == test_labels[i : i + chunk]).sum().item()
     return correct / len(test)
 
 
-def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-3,
-                 seed: int = 0) -> tuple[float, nn.Linear]:
-    "Test accuracy of a linear classifier trained full-batch with `fit` on frozen, standardized features; returns it and the classifier (for raw features)."
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    steps: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> tuple[float, nn.Linear]:
+    """Test accuracy of a linear classifier trained full-batch with `fit` on frozen, standardized
+    features; returns it and the classifier (for raw features)."""
     mean, std = train_features.float().mean(0), train_features.float().std(0).nan_to_num(1.0) + 1e-6
     train, test = (train_features.float() - mean) / std, (test_features.float() - mean) / std
     n_classes = int(train_labels.max()) + 1
     torch.manual_seed(seed)
     probe = nn.Linear(train.shape[1], n_classes)
-    full_batch = [(train, train_labels)] * steps  # each item is the whole training set: full-batch AdamW through fit
-    fit(probe, full_batch, epochs=1, batch_size=1, collate_fn=lambda items: items[0], lr=lr, weight_decay=weight_decay,
-        progress=False, seed=seed, device="cpu")
+    full_batch = [
+        (train, train_labels)
+    ] * steps  # each item is the whole training set: full-batch AdamW through fit
+    fit(
+        probe,
+        full_batch,
+        epochs=1,
+        batch_size=1,
+        collate_fn=lambda items: items[0],
+        lr=lr,
+        weight_decay=weight_decay,
+        progress=False,
+        seed=seed,
+        device="cpu",
+    )
     with torch.no_grad():
         acc = (probe(test).argmax(1) == test_labels).float().mean().item()
-        on_raw = nn.Linear(train.shape[1], n_classes)  # the same map on unstandardized features: W/std, b - W(mean/std)
+        on_raw = nn.Linear(
+            train.shape[1], n_classes
+        )  # the same map on unstandardized features: W/std, b - W(mean/std)
         on_raw.weight.copy_(probe.weight / std)
         on_raw.bias.copy_(probe.bias - probe.weight @ (mean / std))
     return acc, on_raw
 
 # %% ../nbs/05_contrastive.ipynb #8c7939e8
-def train_encoder_classifier(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable, steps: int,
-                     lr: float = 3e-3, encoder_lr: float | None = None, head: nn.Linear | None = None,
-                     num_classes: int = 10, batch_size: int = 64, seed: int = 0) -> nn.Sequential:
-    """`encoder` + a linear head, trained with `fit` for `steps` steps on labeled uint8 images, each augmented by `transform`.
+def train_encoder_classifier(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: Callable,
+    steps: int,
+    lr: float = 3e-3,
+    encoder_lr: float | None = None,
+    head: nn.Linear | None = None,
+    num_classes: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Sequential:
+    """`encoder` + a linear head, trained with `fit` for `steps` steps on labeled uint8 images, each
+    augmented by `transform`.
 
-    From scratch: a fresh encoder and `encoder_lr=None` (the same rate). Fine-tuning: a pretrained encoder, a smaller
-    `encoder_lr`, and `head` taken from a linear probe (LP-FT), so the first steps do not wreck the features."""
-    model = nn.Sequential(encoder, head if head is not None else nn.Linear(encoder.feature_dim, num_classes))
+    From scratch: a fresh encoder and `encoder_lr=None` (the same rate). Fine-tuning: a pretrained
+    encoder, a smaller `encoder_lr`, and `head` taken from a linear probe (LP-FT), so the first
+    steps do not wreck the features."""
+    model = nn.Sequential(
+        encoder, head if head is not None else nn.Linear(encoder.feature_dim, num_classes)
+    )
     data = ImageViews(images, transform, labels)
     repeats = max(1, -(-steps * batch_size // len(data)))
-    groups = [dict(params=list(encoder.parameters()), lr=encoder_lr or lr), dict(params=list(model[1].parameters()), lr=lr)]
-    fit(model, ConcatDataset([data] * repeats), epochs=1, max_steps=steps, batch_size=min(batch_size, len(data)), lr=lr,
-        groups=groups, weight_decay=1e-4, progress=False, seed=seed)
+    groups = [
+        dict(params=list(encoder.parameters()), lr=encoder_lr or lr),
+        dict(params=list(model[1].parameters()), lr=lr),
+    ]
+    fit(
+        model,
+        ConcatDataset([data] * repeats),
+        epochs=1,
+        max_steps=steps,
+        batch_size=min(batch_size, len(data)),
+        lr=lr,
+        groups=groups,
+        weight_decay=1e-4,
+        progress=False,
+        seed=seed,
+    )
     return model.eval()
 
 # %% ../nbs/05_contrastive.ipynb #41e5b463
-def augmented_features(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable,
-                       views: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Features of the clean uint8 images plus `views` augmented copies of each (by `transform`), with their labels."
+def augmented_features(
+    encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable, views: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the clean uint8 images plus `views` augmented copies of each (by `transform`),
+    with their labels."""
     images = images[:, None] if images.ndim == 3 else images
     feats = [extract_features(encoder, images)]
     for _ in range(views):
@@ -232,45 +372,80 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class SentenceEncoder(nn.Module):
-    "A transformers encoder with mean pooling: `forward(input_ids, attention_mask)` gives one vector per sentence."
+    """A transformers encoder with mean pooling: `forward(input_ids, attention_mask)` gives one
+    vector per sentence."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return mean_pool(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask)
+        return mean_pool(
+            self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+            attention_mask,
+        )
 
 
-def small_text_encoder(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, dropout: float = 0.1,
-                       max_length: int = 64, pad_token_id: int = 0) -> SentenceEncoder:
+def small_text_encoder(
+    vocab_size: int,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    dropout: float = 0.1,
+    max_length: int = 64,
+    pad_token_id: int = 0,
+) -> SentenceEncoder:
     "A small, randomly initialised BERT (transformers `BertModel`) with mean pooling."
     from transformers import BertConfig, BertModel
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * hidden, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                        max_position_embeddings=max_length, pad_token_id=pad_token_id)
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=max_length,
+        pad_token_id=pad_token_id,
+    )
     return SentenceEncoder(BertModel(config, add_pooling_layer=False))
 
 
 def simcse_loss(temperature: float = 0.05) -> Callable[[nn.Module, dict], torch.Tensor]:
-    "A `loss_fn(model, batch)` for unsupervised SimCSE: each sentence encoded twice with different dropout is a positive pair."
+    """A `loss_fn(model, batch)` for unsupervised SimCSE: each sentence encoded twice with different
+    dropout is a positive pair."""
+
     def loss(model: nn.Module, batch: dict) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        z1, z2 = model(ids.repeat(2, 1), mask.repeat(2, 1)).chunk(2)  # one pass over two copies: two dropout masks
+        z1, z2 = model(ids.repeat(2, 1), mask.repeat(2, 1)).chunk(
+            2
+        )  # one pass over two copies: two dropout masks
         return info_nce(z1, z2, temperature)
+
     return loss
 
 
 @torch.no_grad()
-def encode_sentences(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 128, max_length: int = 64) -> torch.Tensor:
+def encode_sentences(
+    model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 128, max_length: int = 64
+) -> torch.Tensor:
     "Sentence embeddings of `texts` in eval mode (no dropout), returned on CPU."
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        out.append(model(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu())
+        enc = tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        out.append(
+            model(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu()
+        )
     model.train(was_training)
     return torch.cat(out)
 
@@ -281,12 +456,12 @@ def sentence_pairs(groups: Sequence[str], labels: Sequence[int]) -> dict[str, np
     i, j = np.triu_indices(len(groups), k=1)
     return dict(i=i, j=j, same_group=groups[i] == groups[j], same_label=labels[i] == labels[j])
 
-
-
 # %% ../nbs/05_contrastive.ipynb #06b1d63e
 def save_encoder(encoder: nn.Module, folder: str | Path, config: dict) -> Path:
-    "Save an encoder's weights (safetensors) and the `config` that rebuilds it with `resnet_encoder(**config)`, atomically."
+    """Save an encoder's weights (safetensors) and the `config` that rebuilds it with
+    `resnet_encoder(**config)`, atomically."""
     from safetensors.torch import save
+
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     atomic_write_bytes(folder / "model.safetensors", save(state))
@@ -295,11 +470,15 @@ def save_encoder(encoder: nn.Module, folder: str | Path, config: dict) -> Path:
 
 
 def load_encoder(folder: str | Path) -> nn.Module:
-    "Rebuild a `resnet_encoder` saved by `save_encoder`, load its weights, and return it in eval mode."
+    """Rebuild a `resnet_encoder` saved by `save_encoder`, load its weights, and return it in eval
+    mode."""
     from safetensors.torch import load_file
+
     folder = Path(folder)
     if not (folder / "model.safetensors").exists():
-        raise FileNotFoundError(f"No encoder in {folder}: run chapter 05_contrastive first (it saves one there)")
+        raise FileNotFoundError(
+            f"No encoder in {folder}: run chapter 05_contrastive first (it saves one there)"
+        )
     encoder = resnet_encoder(**json.loads((folder / "config.json").read_text()))
     encoder.load_state_dict(load_file(str(folder / "model.safetensors")))
     return encoder.eval()
@@ -307,7 +486,8 @@ def load_encoder(folder: str | Path) -> nn.Module:
 # %% ../nbs/05_contrastive.ipynb #c965faf7
 @exercise
 def check_alignment(fn) -> None:
-    "Exercise check: `fn(z1, z2)` is the mean squared distance between the normalized rows of z1 and z2."
+    """Exercise check: `fn(z1, z2)` is the mean squared distance between the normalized rows of z1
+    and z2."""
     z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
     z2 = torch.tensor([[0.0, 5.0], [0.0, 1.0], [-3.0, -4.0]])  # pairs at 90, 0 and 180 degrees
     got = float(fn(z1, z2))
@@ -315,15 +495,17 @@ def check_alignment(fn) -> None:
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
     assert abs(float(fn(z1, z1))) < 1e-6, "identical views must have alignment 0"
-    assert abs(float(fn(3 * z1, z2)) - float(fn(z1, z2))) < 1e-5, "the length of an embedding must not matter"
+    assert abs(float(fn(3 * z1, z2)) - float(fn(z1, z2))) < 1e-5, (
+        "the length of an embedding must not matter"
+    )
 
 
 @exercise
 def check_uniformity(fn) -> None:
-    "Exercise check: `fn(z)` is log E over distinct pairs i != j of exp(-2 |zi - zj|^2), rows normalized first."
+    """Exercise check: `fn(z)` is log E over distinct pairs i != j of exp(-2 |zi - zj|^2), rows
+    normalized first."""
     g = torch.Generator().manual_seed(0)
     z = torch.randn(50, 8, generator=g)
     want = torch.log(torch.exp(-2 * torch.pdist(F.normalize(z, dim=1)).pow(2)).mean())
     got = float(fn(z))
     assert abs(got - float(want)) < 1e-5, f"got {got:.5f}, expected {float(want):.5f}"
-

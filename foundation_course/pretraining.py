@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -30,8 +29,11 @@ __all__ = ['token_nll', 'perplexity', 'unigram_nll', 'bigram_nll', 'two_sided_bi
            'check_ppl_from_probs', 'check_top_p_filter']
 
 # %% ../nbs/04_pretraining.ipynb #e8845ae9
-def token_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
-    "−log P(yᵢ|xᵢ) from (..., V) logits and (...) labels, by hand; positions labelled `ignore_index` are dropped. `reduction`: 'mean' or 'none' (the kept positions)."
+def token_nll(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"
+) -> torch.Tensor:
+    """−log P(yᵢ|xᵢ) from (..., V) logits and (...) labels, by hand; positions labelled
+    `ignore_index` are dropped. `reduction`: 'mean' or 'none' (the kept positions)."""
     logits, labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
     keep = labels != ignore_index
     z, y = logits[keep], labels[keep]
@@ -50,20 +52,29 @@ def perplexity(nll: float | torch.Tensor) -> float:
 # %% ../nbs/04_pretraining.ipynb #f025d02a
 def _previous_and_next_ids(blocks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     "(previous, next) token ids of every position after the first in each block."
-    return blocks[:, :-1].reshape(-1).numpy().astype(np.int64), blocks[:, 1:].reshape(-1).numpy().astype(np.int64)
+    return blocks[:, :-1].reshape(-1).numpy().astype(np.int64), blocks[:, 1:].reshape(
+        -1
+    ).numpy().astype(np.int64)
 
 
-def unigram_nll(train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size: int, alpha: float = 0.01) -> float:
-    "Held-out mean NLL of an add-α unigram model counted on `train_blocks`, on the positions a causal LM predicts."
+def unigram_nll(
+    train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size: int, alpha: float = 0.01
+) -> float:
+    """Held-out mean NLL of an add-α unigram model counted on `train_blocks`, on the positions a
+    causal LM predicts."""
     counts = np.bincount(_previous_and_next_ids(train_blocks)[1], minlength=vocab_size)
     target = _previous_and_next_ids(val_blocks)[1]
     return float(-np.log((counts[target] + alpha) / (counts.sum() + alpha * vocab_size)).mean())
 
 
-def bigram_nll(train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size: int, alpha: float = 0.01) -> float:
+def bigram_nll(
+    train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size: int, alpha: float = 0.01
+) -> float:
     "Held-out mean NLL of an add-α bigram model P(y | previous token) counted on `train_blocks`."
     prev, nxt = _previous_and_next_ids(train_blocks)
-    codes, counts = np.unique(prev * vocab_size + nxt, return_counts=True)  # sparse: V² pairs would not fit
+    codes, counts = np.unique(
+        prev * vocab_size + nxt, return_counts=True
+    )  # sparse: V² pairs would not fit
     context = np.bincount(prev, minlength=vocab_size)
     vprev, vnext = _previous_and_next_ids(val_blocks)
     query = vprev * vocab_size + vnext
@@ -72,15 +83,27 @@ def bigram_nll(train_blocks: torch.Tensor, val_blocks: torch.Tensor, vocab_size:
     return float(-np.log((pair + alpha) / (context[vprev] + alpha * vocab_size)).mean())
 
 
-def two_sided_bigram_nll(train_blocks: torch.Tensor, masked_ids: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                         alpha: float = 0.01, hidden_ids: Sequence[int] = (), chunk: int = 2048) -> float:
-    """Mean NLL of the masked positions (`labels` != -100) under an add-α bigram that reads both neighbours, the fair
-    baseline for a masked LM: P(x | l, r) ∝ P(x | l) P(r | x). A neighbour that is missing or hidden (an id in
-    `hidden_ids`, such as [MASK]) is left out of the product; with neither, P(x) is the unigram."""
+def two_sided_bigram_nll(
+    train_blocks: torch.Tensor,
+    masked_ids: torch.Tensor,
+    labels: torch.Tensor,
+    vocab_size: int,
+    alpha: float = 0.01,
+    hidden_ids: Sequence[int] = (),
+    chunk: int = 2048,
+) -> float:
+    """Mean NLL of the masked positions (`labels` != -100) under an add-α bigram that reads both
+    neighbours, the fair baseline for a masked LM: P(x | l, r) ∝ P(x | l) P(r | x). A neighbour that
+    is missing or hidden (an id in `hidden_ids`, such as [MASK]) is left out of the product; with
+    neither, P(x) is the unigram."""
     V = vocab_size
     prev, nxt = (torch.as_tensor(a) for a in _previous_and_next_ids(train_blocks))
-    counts = torch.zeros(V * V).index_add_(0, prev * V + nxt, torch.ones(len(prev))).view(V, V)  # [prev, next]
-    log_next = ((counts + alpha) / (counts.sum(1, keepdim=True) + alpha * V)).log()  # log P(next | prev)
+    counts = (
+        torch.zeros(V * V).index_add_(0, prev * V + nxt, torch.ones(len(prev))).view(V, V)
+    )  # [prev, next]
+    log_next = (
+        (counts + alpha) / (counts.sum(1, keepdim=True) + alpha * V)
+    ).log()  # log P(next | prev)
     log_unigram = ((counts.sum(0) + alpha) / (counts.sum() + alpha * V)).log()
     b, i = (labels != -100).nonzero(as_tuple=True)
     if len(b) == 0:
@@ -100,11 +123,15 @@ def two_sided_bigram_nll(train_blocks: torch.Tensor, masked_ids: torch.Tensor, l
 
 # %% ../nbs/04_pretraining.ipynb #1de4736e
 class RoundRobinBlocks(Dataset):
-    "Token blocks served `round_size` at a time: epoch r of `fit` sees the r-th slice of a fixed shuffle (wrapping around); `set_round` moves on."
+    """Token blocks served `round_size` at a time: epoch r of `fit` sees the r-th slice of a fixed
+    shuffle (wrapping around); `set_round` moves on."""
 
     def __init__(self, blocks: torch.Tensor, round_size: int, seed: int = 0):
         if len(blocks) == 0 or round_size < 1:
-            raise ValueError(f"RoundRobinBlocks needs blocks and round_size >= 1, got {len(blocks)} blocks and round_size={round_size}")
+            raise ValueError(
+                f"RoundRobinBlocks needs blocks and round_size >= 1, got {len(blocks)} blocks and "
+                f"round_size={round_size}"
+            )
         self.blocks, self.size, self.round = blocks, round_size, 0
         self.order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
 
@@ -119,32 +146,53 @@ class RoundRobinBlocks(Dataset):
 
 # %% ../nbs/04_pretraining.ipynb #93915957
 def lm_metrics(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-    "Per-predicted-token NLL (`loss`) and top-1 correctness (`acc`) of a causal (labels shifted) or masked LM, for `fit`'s validation."
-    logits, labels = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits, batch["labels"]
-    cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)  # DDP wraps the model
+    """Per-predicted-token NLL (`loss`) and top-1 correctness (`acc`) of a causal (labels shifted)
+    or masked LM, for `fit`'s validation."""
+    logits, labels = (
+        model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits,
+        batch["labels"],
+    )
+    cfg = getattr(model, "cfg", None) or getattr(
+        getattr(model, "module", None), "cfg", None
+    )  # DDP wraps the model
     if cfg is not None and cfg.causal:
         logits, labels = logits[:, :-1], labels[:, 1:]
     keep = labels != -100
-    return dict(loss=token_nll(logits, labels, reduction="none"), acc=(logits.argmax(-1)[keep] == labels[keep]).float())
+    return dict(
+        loss=token_nll(logits, labels, reduction="none"),
+        acc=(logits.argmax(-1)[keep] == labels[keep]).float(),
+    )
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, blocks: torch.Tensor, collate_fn: Callable, batch_size: int = 64) -> dict[str, float]:
-    "Held-out NLL, perplexity, top-1 accuracy and the number of predicted tokens of `model` on `blocks`."
+def evaluate_lm(
+    model: nn.Module, blocks: torch.Tensor, collate_fn: Callable, batch_size: int = 64
+) -> dict[str, float]:
+    """Held-out NLL, perplexity, top-1 accuracy and the number of predicted tokens of `model` on
+    `blocks`."""
     model.eval()
     device = next(model.parameters()).device
     nll, correct, n = 0.0, 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = {k: v.to(device) for k, v in collate_fn(list(blocks[start: start + batch_size])).items()}
+        batch = {
+            k: v.to(device) for k, v in collate_fn(list(blocks[start : start + batch_size])).items()
+        }
         m = lm_metrics(model, batch)
-        nll, correct, n = nll + m["loss"].sum().item(), correct + m["acc"].sum().item(), n + m["loss"].numel()
+        nll, correct, n = (
+            nll + m["loss"].sum().item(),
+            correct + m["acc"].sum().item(),
+            n + m["loss"].numel(),
+        )
     return dict(nll=nll / n, ppl=perplexity(nll / n), acc=correct / n, tokens=n)
 
 # %% ../nbs/04_pretraining.ipynb #1bab1733
 def window_schedule(rounds: int, max_len: int, start: int = 2) -> list[int | None]:
-    "Attention windows for `rounds` rounds: `start`, then doubling while narrower than the context, then full attention (None), always for the last round."
+    """Attention windows for `rounds` rounds: `start`, then doubling while narrower than the
+    context, then full attention (None), always for the last round."""
     if rounds < 1 or start < 1:
-        raise ValueError(f"window_schedule needs rounds >= 1 and start >= 1, got rounds={rounds}, start={start}")
+        raise ValueError(
+            f"window_schedule needs rounds >= 1 and start >= 1, got rounds={rounds}, start={start}"
+        )
     windows: list[int | None] = []
     while len(windows) < rounds - 1 and start < max_len - 1:
         windows.append(start)
@@ -152,24 +200,49 @@ def window_schedule(rounds: int, max_len: int, start: int = 2) -> list[int | Non
     return windows + [None] * (rounds - len(windows))
 
 
-def pretrain(model: Transformer, train_blocks: torch.Tensor, val_blocks: torch.Tensor, collate_fn: Callable, *,
-             tokenizer=None, rounds: int = 4, steps: int | None = None, batch_size: int = 32, lr: float = 1e-3,
-             windows: Sequence[int | None] | None = None, on_round_end: Callable | None = None, seed: int = 0,
-             **fit_kwargs) -> FitResult:
-    """Pretrain `model` on token blocks with `fit` for `steps` optimizer steps (default: one pass), validating after each of `rounds` equal parts. Adds `tokens_per_second` to the result.
+def pretrain(
+    model: Transformer,
+    train_blocks: torch.Tensor,
+    val_blocks: torch.Tensor,
+    collate_fn: Callable,
+    *,
+    tokenizer=None,
+    rounds: int = 4,
+    steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    windows: Sequence[int | None] | None = None,
+    on_round_end: Callable | None = None,
+    seed: int = 0,
+    **fit_kwargs,
+) -> FitResult:
+    """Pretrain `model` on token blocks with `fit` for `steps` optimizer steps (default: one pass),
+    validating after each of `rounds` equal parts. Adds `tokens_per_second` to the result.
 
-    `windows`: one attention window per round (±tokens, None = full attention, which the last round must be), a
-    curriculum that lets a masked LM find its neighbours first; see `window_schedule`."""
+    `windows`: one attention window per round (±tokens, None = full attention, which the last round
+    must be), a curriculum that lets a masked LM find its neighbours first; see `window_schedule`.
+    """
     if len(train_blocks) == 0 or len(val_blocks) == 0:
-        raise ValueError(f"pretrain needs text: got {len(train_blocks)} training and {len(val_blocks)} validation blocks")
+        raise ValueError(
+            f"pretrain needs text: got {len(train_blocks)} training and {len(val_blocks)} "
+            "validation blocks"
+        )
     if train_blocks.shape[1] > model.cfg.max_len:
-        raise ValueError(f"Blocks of {train_blocks.shape[1]} tokens are longer than the model's context max_len={model.cfg.max_len}")
+        raise ValueError(
+            f"Blocks of {train_blocks.shape[1]} tokens are longer than the model's context "
+            f"max_len={model.cfg.max_len}"
+        )
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model.cfg)
     model.check_input(train_blocks[:4096])
     if windows is not None and (len(windows) != rounds or windows[-1] is not None):
-        raise ValueError(f"windows must give one attention window per round ({rounds}) and end with None (full attention), got {list(windows)}")
-    round_size = math.ceil(steps / rounds) * batch_size if steps else max(1, len(train_blocks) // rounds)
+        raise ValueError(
+            f"windows must give one attention window per round ({rounds}) and end with None (full "
+            f"attention), got {list(windows)}"
+        )
+    round_size = (
+        math.ceil(steps / rounds) * batch_size if steps else max(1, len(train_blocks) // rounds)
+    )
     data = RoundRobinBlocks(train_blocks, round_size, seed)
     eval_seconds = [0.0]
 
@@ -190,11 +263,27 @@ def pretrain(model: Transformer, train_blocks: torch.Tensor, val_blocks: torch.T
 
     model.attention_window = windows[0] if windows is not None else None
     try:
-        result = fit(model, data, epochs=rounds, max_steps=steps, batch_size=batch_size, lr=lr, collate_fn=collate_fn,
-                     val_data=list(val_blocks), metrics_fn=timed_metrics, on_epoch_end=round_end, seed=seed, **fit_kwargs)
+        result = fit(
+            model,
+            data,
+            epochs=rounds,
+            max_steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            collate_fn=collate_fn,
+            val_data=list(val_blocks),
+            metrics_fn=timed_metrics,
+            on_epoch_end=round_end,
+            seed=seed,
+            **fit_kwargs,
+        )
     finally:
         model.attention_window = None
-    result.tokens_per_second = result.samples_seen * train_blocks.shape[1] / max(result.train_seconds - eval_seconds[0], 1e-9)
+    result.tokens_per_second = (
+        result.samples_seen
+        * train_blocks.shape[1]
+        / max(result.train_seconds - eval_seconds[0], 1e-9)
+    )
     return result
 
 # %% ../nbs/04_pretraining.ipynb #881f3cff
@@ -209,9 +298,17 @@ def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 1.0,
-           top_k: int | None = 50, seed: int | None = 0) -> str:
-    "Continue `prompt` with a causal model, sampling with `temperature` and `top_k` (temperature 0 = greedy); the context slides at max_len."
+def sample(
+    model: Transformer,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 40,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    seed: int | None = 0,
+) -> str:
+    """Continue `prompt` with a causal model, sampling with `temperature` and `top_k` (temperature 0
+    = greedy); the context slides at max_len."""
     if not model.cfg.causal:
         raise ValueError("sample needs a causal model (cfg.causal=True)")
     if temperature < 0:
@@ -219,10 +316,13 @@ def sample(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 40,
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    ids = torch.tensor([[tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]], device=device)
+    ids = torch.tensor(
+        [[tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]],
+        device=device,
+    )
     start = ids.shape[1]
     for _ in range(max_new_tokens):
-        logits = model(ids[:, -model.cfg.max_len:]).logits[:, -1].float()
+        logits = model(ids[:, -model.cfg.max_len :]).logits[:, -1].float()
         if temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)
         else:
@@ -235,7 +335,8 @@ def sample(model: Transformer, tokenizer, prompt: str, max_new_tokens: int = 40,
 
 # %% ../nbs/04_pretraining.ipynb #3a6a78d5
 def save_pretrained_lm(model: Transformer, tokenizer, path: str | Path) -> Path:
-    "Export `model` to transformers and save it with `tokenizer` in HF format (safetensors) at `path`, atomically."
+    """Export `model` to transformers and save it with `tokenizer` in HF format (safetensors) at
+    `path`, atomically."""
     path = Path(path)
     check_tokenizer_fits(tokenizer, model.cfg)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -251,19 +352,23 @@ def save_pretrained_lm(model: Transformer, tokenizer, path: str | Path) -> Path:
 # %% ../nbs/04_pretraining.ipynb #44fdf660
 @exercise
 def check_ppl_from_probs(fn) -> None:
-    "Exercise check: `fn(probs)` is the perplexity of a text whose true tokens got the probabilities `probs`."
+    """Exercise check: `fn(probs)` is the perplexity of a text whose true tokens got the
+    probabilities `probs`."""
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(20, 30, generator=g), torch.randint(0, 30, (20,), generator=g)
     probs = logits.softmax(-1)[torch.arange(20), labels].numpy()
     want, got = perplexity(token_nll(logits, labels)), float(fn(probs))
     assert abs(got - want) < 1e-3 * want, f"you got {got:.4f}, expected {want:.4f}"
     got = float(fn(np.full(10, 1 / 30)))
-    assert abs(got - 30) < 1e-6, f"a uniform guess over 30 tokens has perplexity 30, you got {got:.4f}"
+    assert abs(got - 30) < 1e-6, (
+        f"a uniform guess over 30 tokens has perplexity 30, you got {got:.4f}"
+    )
 
 
 @exercise
 def check_top_p_filter(fn) -> None:
-    "Exercise check: `fn(logits, p)` keeps the same tokens as transformers' `TopPLogitsWarper(top_p=p)`."
+    """Exercise check: `fn(logits, p)` keeps the same tokens as transformers'
+    `TopPLogitsWarper(top_p=p)`."""
     from transformers import TopPLogitsWarper  # the reference; only this check needs transformers
 
     g = torch.Generator().manual_seed(0)
@@ -273,6 +378,8 @@ def check_top_p_filter(fn) -> None:
         got = fn(logits.clone(), p)
         kept, wanted = (~torch.isinf(got)).sum(-1).tolist(), (~torch.isinf(want)).sum(-1).tolist()
         assert torch.equal(torch.isinf(got), torch.isinf(want)), (
-            f"p={p}: you keep {kept} tokens per row, transformers keeps {wanted}")
-        assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(want)]), "kept logits must be unchanged"
-
+            f"p={p}: you keep {kept} tokens per row, transformers keeps {wanted}"
+        )
+        assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(want)]), (
+            "kept logits must be unchanged"
+        )

@@ -8,7 +8,7 @@ Docs: https://foundation-course.github.io/foundation_course/transformer.html.md"
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,29 +17,37 @@ from torch import nn
 
 from .core import exercise
 
-
 # %% auto #0
 __all__ = ['QKV_PARTS', 'attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'TransformerConfig',
            'MultiHeadAttention', 'Block', 'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf',
            'check_tokenizer_fits', 'check_sliding_window_mask', 'check_n_parameters']
 
 # %% ../nbs/03_transformer.ipynb #b97002e0
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    "softmax(q kᵀ/√d + mask) v for (..., T, d) tensors; `mask` is boolean (True = may attend) or additive. Returns (output, weights)."
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ/√d + mask) v for (..., T, d) tensors; `mask` is boolean (True = may attend) or
+    additive. Returns (output, weights)."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+        scores = (
+            scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            if mask.dtype == torch.bool
+            else scores + mask
+        )
     weights = scores.softmax(-1)
     return weights @ v, weights
 
 # %% ../nbs/03_transformer.ipynb #bbe6599d
 def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    "An (n, n) boolean mask, True on and below the diagonal: position i may attend to positions j <= i."
+    """An (n, n) boolean mask, True on and below the diagonal: position i may attend to positions j
+    <= i."""
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    "A (B, 1, 1, T) boolean mask from a (B, T) 0/1 attention mask: every query may attend to the real (non-pad) keys."
+    """A (B, 1, 1, T) boolean mask from a (B, T) 0/1 attention mask: every query may attend to the
+    real (non-pad) keys."""
     return attention_mask.bool()[:, None, None, :]
 
 
@@ -49,26 +57,44 @@ def window_mask(n: int, window: int, device: torch.device | str | None = None) -
     return (i[:, None] - i[None, :]).abs() <= window
 
 
-def attention_bias(attention_mask: torch.Tensor | None, causal: bool, n: int, dtype: torch.dtype = torch.float32,
-                   device: torch.device | str | None = None, window: int | None = None) -> torch.Tensor | None:
-    "The additive mask (0 = attend, dtype minimum = don't) that combines padding, causality and an optional local `window`; None when nothing is masked."
+def attention_bias(
+    attention_mask: torch.Tensor | None,
+    causal: bool,
+    n: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    window: int | None = None,
+) -> torch.Tensor | None:
+    """The additive mask (0 = attend, dtype minimum = don't) that combines padding, causality and an
+    optional local `window`; None when nothing is masked."""
     allowed = None
     if attention_mask is not None and not bool(attention_mask.all()):
         allowed = padding_mask(attention_mask)
     if window is not None and window < n - 1:
         if window < 0:
-            raise ValueError(f"The attention window must be >= 0 tokens (or None for full attention), got {window}")
-        allowed = window_mask(n, window, device) if allowed is None else allowed & window_mask(n, window, device)
+            raise ValueError(
+                "The attention window must be >= 0 tokens (or None for full attention), got "
+                f"{window}"
+            )
+        allowed = (
+            window_mask(n, window, device)
+            if allowed is None
+            else allowed & window_mask(n, window, device)
+        )
     if causal and allowed is not None:
         allowed = allowed & causal_mask(n, device)
     if allowed is None:
         return None
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
 
 # %% ../nbs/03_transformer.ipynb #020cc7ec
 @dataclass
 class TransformerConfig:
-    "The shape of a Transformer. `causal=True`: GPT-2 style decoder (pre-LN); `causal=False`: BERT style encoder (post-LN)."
+    """The shape of a Transformer. `causal=True`: GPT-2 style decoder (pre-LN); `causal=False`: BERT
+    style encoder (post-LN)."""
+
     vocab_size: int = 8192
     max_len: int = 128
     d_model: int = 256
@@ -99,7 +125,8 @@ class TransformerConfig:
 
 
 class MultiHeadAttention(nn.Module):
-    "Multi-head self-attention with one fused QKV projection; `F.scaled_dot_product_attention` unless weights are asked for."
+    """Multi-head self-attention with one fused QKV projection; `F.scaled_dot_product_attention`
+    unless weights are asked for."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -107,8 +134,13 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, is_causal: bool = False,
-                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        is_causal: bool = False,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.shape  # batch, sequence length, d_model
         nh, hs = self.n_heads, C // self.n_heads  # heads, head size
         qkv = self.qkv(x).view(B, T, 3, nh, hs)  # (B, T, 3, nh, hs)
@@ -116,28 +148,48 @@ class MultiHeadAttention(nn.Module):
         weights = None
         if return_weights:
             mask = causal_mask(T, x.device) if is_causal and bias is None else None
-            y, weights = attention(q, k, v, bias if bias is not None else mask)  # weights (B, nh, T, T)
+            y, weights = attention(
+                q, k, v, bias if bias is not None else mask
+            )  # weights (B, nh, T, T)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=is_causal and bias is None,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=bias,
+                is_causal=is_causal and bias is None,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
         return self.proj(y), weights
 
 
 class Block(nn.Module):
-    "A Transformer block: attention and MLP on a residual stream, LayerNorm before (pre-LN) or after (post-LN) each."
+    """A Transformer block: attention and MLP on a residual stream, LayerNorm before (pre-LN) or
+    after (post-LN) each."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.pre_norm
         self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.eps), nn.LayerNorm(cfg.d_model, eps=cfg.eps)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh" if cfg.causal else "none"),
-                                 nn.Linear(cfg.d_ff, cfg.d_model))
+        self.ln1, self.ln2 = (
+            nn.LayerNorm(cfg.d_model, eps=cfg.eps),
+            nn.LayerNorm(cfg.d_model, eps=cfg.eps),
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff),
+            nn.GELU(approximate="tanh" if cfg.causal else "none"),
+            nn.Linear(cfg.d_ff, cfg.d_model),
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, is_causal: bool = False,
-                return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        is_causal: bool = False,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pre_norm:
             a, w = self.attn(self.ln1(x), bias, is_causal, return_weights)
             x = x + self.drop(a)
@@ -149,7 +201,9 @@ class Block(nn.Module):
 # %% ../nbs/03_transformer.ipynb #a7e2e1eb
 @dataclass
 class LMOutput:
-    "What the model returns: `logits` (B, T, V), `loss` when labels were given, the last hidden states, and per-layer attention weights when asked."
+    """What the model returns: `logits` (B, T, V), `loss` when labels were given, the last hidden
+    states, and per-layer attention weights when asked."""
+
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
@@ -157,12 +211,17 @@ class LMOutput:
 
 
 class Transformer(nn.Module):
-    "A GPT-2 style causal LM (`cfg.causal`) or a BERT style masked LM, with weights that map one-to-one onto transformers' models."
+    """A GPT-2 style causal LM (`cfg.causal`) or a BERT style masked LM, with weights that map
+    one-to-one onto transformers' models."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.attention_window: int | None = None  # ±tokens each position may attend to; None = all (a training curriculum, not architecture)
+        self.attention_window: int | None = (
+            # ±tokens each position may attend to; None = all (a training curriculum, not
+            # architecture)
+            None
+        )
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         if not cfg.causal:
@@ -173,7 +232,11 @@ class Transformer(nn.Module):
         if cfg.causal:
             self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.eps)
         else:
-            self.head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model, eps=cfg.eps))
+            self.head = nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_model),
+                nn.GELU(),
+                nn.LayerNorm(cfg.d_model, eps=cfg.eps),
+            )
             self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -191,26 +254,45 @@ class Transformer(nn.Module):
             nn.init.zeros_(module.bias)
 
     def check_input(self, input_ids: torch.Tensor) -> None:
-        "Raise a clear error for a sequence longer than the context, or a token id outside the vocabulary."
+        """Raise a clear error for a sequence longer than the context, or a token id outside the
+        vocabulary."""
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}"
+            )
         if input_ids.shape[1] > self.cfg.max_len:
-            raise ValueError(f"The sequence has {input_ids.shape[1]} tokens, more than the context length max_len={self.cfg.max_len}; "
-                             f"truncate it (tokenizer(..., truncation=True, max_length={self.cfg.max_len})) or build a model with a longer context")
-        if input_ids.numel() and (int(input_ids.max()) >= self.cfg.vocab_size or int(input_ids.min()) < 0):
-            raise ValueError(f"Token id {int(input_ids.max())} is outside the vocabulary (vocab_size={self.cfg.vocab_size}): "
-                             f"the tokenizer and the model don't match")
+            raise ValueError(
+                f"The sequence has {input_ids.shape[1]} tokens, more than the context length "
+                f"max_len={self.cfg.max_len}; "
+                f"truncate it (tokenizer(..., truncation=True, max_length={self.cfg.max_len})) or "
+                "build a model with a longer context"
+            )
+        if input_ids.numel() and (
+            int(input_ids.max()) >= self.cfg.vocab_size or int(input_ids.min()) < 0
+        ):
+            raise ValueError(
+                f"Token id {int(input_ids.max())} is outside the vocabulary "
+                f"(vocab_size={self.cfg.vocab_size}): "
+                f"the tokenizer and the model don't match"
+            )
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               return_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        "The last hidden states (B, T, d), and each layer's attention weights when `return_weights`."
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last hidden states (B, T, d), and each layer's attention weights when
+        `return_weights`."""
         self.check_input(input_ids)
         T = input_ids.shape[1]
         x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
         if not self.cfg.causal:
             x = self.emb_norm(x + self.segment.weight[0])
         x = self.drop(x)
-        bias = attention_bias(attention_mask, self.cfg.causal, T, x.dtype, x.device, self.attention_window)
+        bias = attention_bias(
+            attention_mask, self.cfg.causal, T, x.dtype, x.device, self.attention_window
+        )
         weights = []
         for block in self.blocks:
             x, w = block(x, bias, self.cfg.causal, return_weights)
@@ -219,17 +301,30 @@ class Transformer(nn.Module):
             x = self.final_norm(x)
         return x, weights
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                return_weights: bool = False, **unused: Any) -> LMOutput:
-        "Logits over the vocabulary; with `labels` (-100 = ignore), the mean cross-entropy (the causal model shifts them by one)."
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_weights: bool = False,
+        **unused: Any,
+    ) -> LMOutput:
+        """Logits over the vocabulary; with `labels` (-100 = ignore), the mean cross-entropy (the
+        causal model shifts them by one)."""
         h, weights = self.encode(input_ids, attention_mask, return_weights)
         out_weight = self.tok.weight if self.cfg.tie_embeddings else self.lm_head.weight
-        logits = F.linear(h if self.cfg.causal else self.head(h), out_weight, None if self.cfg.causal else self.head_bias)
+        logits = F.linear(
+            h if self.cfg.causal else self.head(h),
+            out_weight,
+            None if self.cfg.causal else self.head_bias,
+        )
         loss = None
         if labels is not None:
             if self.cfg.causal:  # shift the labels, not the logits: no copy of the (B, T, V) tensor
                 labels = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+            )
         return LMOutput(logits, loss, h, weights if return_weights else None)
 
 # %% ../nbs/03_transformer.ipynb #2e2c20e6
@@ -237,64 +332,127 @@ QKV_PARTS = ("query", "key", "value")  # the thirds of our fused QKV projection,
 
 
 def hf_weight_map(cfg: TransformerConfig, prefix: str | None = None) -> list[tuple[str, str, str]]:
-    """(our name, transformers name, conversion) for every weight. `conversion` is 'copy', 'transpose' (GPT-2's `Conv1D`
-    stores the matrix transposed) or one of `QKV_PARTS` (that third of our fused QKV is BERT's separate matrix)."""
+    """(our name, transformers name, conversion) for every weight. `conversion` is 'copy',
+    'transpose' (GPT-2's `Conv1D` stores the matrix transposed) or one of `QKV_PARTS` (that third
+    of our fused QKV is BERT's separate matrix)."""
     pairs: list[tuple[str, str, str]] = []
     if cfg.causal:
         p = "transformer." if prefix is None else prefix
-        pairs += [("tok.weight", f"{p}wte.weight", "copy"), ("pos.weight", f"{p}wpe.weight", "copy")]
+        pairs += [
+            ("tok.weight", f"{p}wte.weight", "copy"),
+            ("pos.weight", f"{p}wpe.weight", "copy"),
+        ]
         for i in range(cfg.n_layers):
             b, h = f"blocks.{i}.", f"{p}h.{i}."
             for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-                pairs += [(f"{b}{ours}.{w}", f"{h}{theirs}.{w}", "copy") for w in ("weight", "bias")]
-            for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.0", "mlp.c_fc"), ("mlp.2", "mlp.c_proj")):
-                pairs += [(f"{b}{ours}.weight", f"{h}{theirs}.weight", "transpose"), (f"{b}{ours}.bias", f"{h}{theirs}.bias", "copy")]
+                pairs += [
+                    (f"{b}{ours}.{w}", f"{h}{theirs}.{w}", "copy") for w in ("weight", "bias")
+                ]
+            for ours, theirs in (
+                ("attn.qkv", "attn.c_attn"),
+                ("attn.proj", "attn.c_proj"),
+                ("mlp.0", "mlp.c_fc"),
+                ("mlp.2", "mlp.c_proj"),
+            ):
+                pairs += [
+                    (f"{b}{ours}.weight", f"{h}{theirs}.weight", "transpose"),
+                    (f"{b}{ours}.bias", f"{h}{theirs}.bias", "copy"),
+                ]
         pairs += [(f"final_norm.{w}", f"{p}ln_f.{w}", "copy") for w in ("weight", "bias")]
         if not cfg.tie_embeddings and prefix is None:
             pairs += [("lm_head.weight", "lm_head.weight", "copy")]
         return pairs
     p = "bert." if prefix is None else prefix
     e = f"{p}embeddings."
-    pairs += [("tok.weight", f"{e}word_embeddings.weight", "copy"), ("pos.weight", f"{e}position_embeddings.weight", "copy"),
-              ("segment.weight", f"{e}token_type_embeddings.weight", "copy")]
+    pairs += [
+        ("tok.weight", f"{e}word_embeddings.weight", "copy"),
+        ("pos.weight", f"{e}position_embeddings.weight", "copy"),
+        ("segment.weight", f"{e}token_type_embeddings.weight", "copy"),
+    ]
     pairs += [(f"emb_norm.{w}", f"{e}LayerNorm.{w}", "copy") for w in ("weight", "bias")]
     for i in range(cfg.n_layers):
         b, h = f"blocks.{i}.", f"{p}encoder.layer.{i}."
         for part in QKV_PARTS:
-            pairs += [(f"{b}attn.qkv.{w}", f"{h}attention.self.{part}.{w}", part) for w in ("weight", "bias")]
-        for ours, theirs in (("attn.proj", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
-                             ("mlp.0", "intermediate.dense"), ("mlp.2", "output.dense"), ("ln2", "output.LayerNorm")):
+            pairs += [
+                (f"{b}attn.qkv.{w}", f"{h}attention.self.{part}.{w}", part)
+                for w in ("weight", "bias")
+            ]
+        for ours, theirs in (
+            ("attn.proj", "attention.output.dense"),
+            ("ln1", "attention.output.LayerNorm"),
+            ("mlp.0", "intermediate.dense"),
+            ("mlp.2", "output.dense"),
+            ("ln2", "output.LayerNorm"),
+        ):
             pairs += [(f"{b}{ours}.{w}", f"{h}{theirs}.{w}", "copy") for w in ("weight", "bias")]
     if prefix is None:  # the masked-LM head exists only in BertForMaskedLM
-        pairs += [(f"head.0.{w}", f"cls.predictions.transform.dense.{w}", "copy") for w in ("weight", "bias")]
-        pairs += [(f"head.2.{w}", f"cls.predictions.transform.LayerNorm.{w}", "copy") for w in ("weight", "bias")]
-        pairs += [("head_bias", "cls.predictions.bias", "copy"), ("head_bias", "cls.predictions.decoder.bias", "copy")]
+        pairs += [
+            (f"head.0.{w}", f"cls.predictions.transform.dense.{w}", "copy")
+            for w in ("weight", "bias")
+        ]
+        pairs += [
+            (f"head.2.{w}", f"cls.predictions.transform.LayerNorm.{w}", "copy")
+            for w in ("weight", "bias")
+        ]
+        pairs += [
+            ("head_bias", "cls.predictions.bias", "copy"),
+            ("head_bias", "cls.predictions.decoder.bias", "copy"),
+        ]
         if not cfg.tie_embeddings:
             pairs += [("lm_head.weight", "cls.predictions.decoder.weight", "copy")]
     return pairs
 
 
 def hf_config(cfg: TransformerConfig, tokenizer=None):
-    "The transformers config (GPT2Config or BertConfig) of the same architecture; special token ids come from `tokenizer`."
+    """The transformers config (GPT2Config or BertConfig) of the same architecture; special token
+    ids come from `tokenizer`."""
     from transformers import BertConfig, GPT2Config
+
     ids = dict(pad_token_id=cfg.pad_token_id, bos_token_id=None, eos_token_id=None)
     if tokenizer is not None:
-        ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        ids = dict(
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     if cfg.causal:
-        return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
-                          n_head=cfg.n_heads, n_inner=cfg.d_ff, activation_function="gelu_pytorch_tanh",
-                          resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=cfg.eps,
-                          tie_word_embeddings=cfg.tie_embeddings, **ids)
-    return BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
-                      num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff, hidden_act="gelu",
-                      hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-                      max_position_embeddings=cfg.max_len, type_vocab_size=2, layer_norm_eps=cfg.eps,
-                      tie_word_embeddings=cfg.tie_embeddings, **ids)
+        return GPT2Config(
+            vocab_size=cfg.vocab_size,
+            n_positions=cfg.max_len,
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.d_ff,
+            activation_function="gelu_pytorch_tanh",
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            layer_norm_epsilon=cfg.eps,
+            tie_word_embeddings=cfg.tie_embeddings,
+            **ids,
+        )
+    return BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        intermediate_size=cfg.d_ff,
+        hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=cfg.max_len,
+        type_vocab_size=2,
+        layer_norm_eps=cfg.eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+        **ids,
+    )
 
 
 def to_hf(model: Transformer, tokenizer=None) -> nn.Module:
-    "Our weights in a transformers `GPT2LMHeadModel` (causal) or `BertForMaskedLM` (encoder), ready for `save_pretrained`."
+    """Our weights in a transformers `GPT2LMHeadModel` (causal) or `BertForMaskedLM` (encoder),
+    ready for `save_pretrained`."""
     from transformers import BertForMaskedLM, GPT2LMHeadModel
+
     cfg = model.cfg
     hf = (GPT2LMHeadModel if cfg.causal else BertForMaskedLM)(hf_config(cfg, tokenizer))
     ours = model.state_dict()
@@ -315,22 +473,49 @@ def to_hf(model: Transformer, tokenizer=None) -> nn.Module:
 
 
 def from_hf(hf_model: nn.Module) -> Transformer:
-    "Our model with the weights of a transformers GPT-2 (`GPT2LMHeadModel`/`GPT2Model`) or BERT (`BertForMaskedLM`/`BertModel`); a bare `BertModel` has no MLM head, so ours keeps a fresh one."
+    """Our model with the weights of a transformers GPT-2 (`GPT2LMHeadModel`/`GPT2Model`) or BERT
+    (`BertForMaskedLM`/`BertModel`); a bare `BertModel` has no MLM head, so ours keeps a fresh one.
+    """
     c = hf_model.config
     if c.model_type == "gpt2":
-        cfg = TransformerConfig(vocab_size=c.vocab_size, max_len=c.n_positions, d_model=c.n_embd, n_layers=c.n_layer,
-                                n_heads=c.n_head, d_ff=c.n_inner or 4 * c.n_embd, dropout=c.resid_pdrop, causal=True,
-                                pad_token_id=c.pad_token_id or 0)
-        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.layer_norm_epsilon != cfg.eps:
-            raise ValueError(f"This GPT-2 uses activation {c.activation_function!r} and eps {c.layer_norm_epsilon}; ours supports "
-                             f"the tanh GELU and eps {cfg.eps}")
+        cfg = TransformerConfig(
+            vocab_size=c.vocab_size,
+            max_len=c.n_positions,
+            d_model=c.n_embd,
+            n_layers=c.n_layer,
+            n_heads=c.n_head,
+            d_ff=c.n_inner or 4 * c.n_embd,
+            dropout=c.resid_pdrop,
+            causal=True,
+            pad_token_id=c.pad_token_id or 0,
+        )
+        if (
+            c.activation_function not in ("gelu_new", "gelu_pytorch_tanh")
+            or c.layer_norm_epsilon != cfg.eps
+        ):
+            raise ValueError(
+                f"This GPT-2 uses activation {c.activation_function!r} and eps "
+                f"{c.layer_norm_epsilon}; ours supports "
+                f"the tanh GELU and eps {cfg.eps}"
+            )
     elif c.model_type == "bert":
-        cfg = TransformerConfig(vocab_size=c.vocab_size, max_len=c.max_position_embeddings, d_model=c.hidden_size,
-                                n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads, d_ff=c.intermediate_size,
-                                dropout=c.hidden_dropout_prob, causal=False, pad_token_id=c.pad_token_id or 0)
+        cfg = TransformerConfig(
+            vocab_size=c.vocab_size,
+            max_len=c.max_position_embeddings,
+            d_model=c.hidden_size,
+            n_layers=c.num_hidden_layers,
+            n_heads=c.num_attention_heads,
+            d_ff=c.intermediate_size,
+            dropout=c.hidden_dropout_prob,
+            causal=False,
+            pad_token_id=c.pad_token_id or 0,
+        )
         if c.hidden_act != "gelu" or c.layer_norm_eps != cfg.eps or c.type_vocab_size != 2:
-            raise ValueError(f"This BERT uses activation {c.hidden_act!r}, eps {c.layer_norm_eps} and {c.type_vocab_size} segment "
-                             f"types; ours supports the exact GELU, eps {cfg.eps} and 2 segment types")
+            raise ValueError(
+                f"This BERT uses activation {c.hidden_act!r}, eps {c.layer_norm_eps} and "
+                f"{c.type_vocab_size} segment "
+                f"types; ours supports the exact GELU, eps {cfg.eps} and 2 segment types"
+            )
     else:
         raise ValueError(f"from_hf supports GPT-2 and BERT models, got model_type={c.model_type!r}")
     cfg.tie_embeddings = bool(getattr(c, "tie_word_embeddings", True))
@@ -345,7 +530,9 @@ def from_hf(hf_model: nn.Module) -> Transformer:
             qkv_parts.setdefault(name, {})[conversion] = t
         else:
             weights[name] = t.T if conversion == "transpose" else t
-    weights.update({name: torch.cat([parts[p] for p in QKV_PARTS]) for name, parts in qkv_parts.items()})
+    weights.update(
+        {name: torch.cat([parts[p] for p in QKV_PARTS]) for name, parts in qkv_parts.items()}
+    )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith(("head", "lm_head")) for k in missing):
         raise RuntimeError(f"Weight map incomplete: missing {missing}, unexpected {unexpected}")
@@ -355,15 +542,21 @@ def from_hf(hf_model: nn.Module) -> Transformer:
 def check_tokenizer_fits(tokenizer, cfg: TransformerConfig) -> None:
     "Raise a clear error if the tokenizer can produce ids the model has no embedding for."
     if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"The tokenizer has {len(tokenizer):,} tokens but the model's vocab_size is {cfg.vocab_size:,}; "
-                         f"build the model with vocab_size=len(tokenizer)")
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer):,} tokens but the model's vocab_size is "
+            f"{cfg.vocab_size:,}; "
+            f"build the model with vocab_size=len(tokenizer)"
+        )
 
 # %% ../nbs/03_transformer.ipynb #facda847
 @exercise
 def check_sliding_window_mask(fn) -> None:
-    "Exercise check: `fn(n, w)` is the (n, n) causal sliding-window mask, True where i - w < j <= i."
+    """Exercise check: `fn(n, w)` is the (n, n) causal sliding-window mask, True where i - w < j <=
+    i."""
     got = torch.as_tensor(fn(7, 7)).bool()
-    assert torch.equal(got, causal_mask(7)), f"with w = n = 7 it should be the causal mask, got\n{got.int()}"
+    assert torch.equal(got, causal_mask(7)), (
+        f"with w = n = 7 it should be the causal mask, got\n{got.int()}"
+    )
     for n, w in [(5, 1), (9, 3)]:
         want = torch.tensor([[i - w < j <= i for j in range(n)] for i in range(n)])
         got = torch.as_tensor(fn(n, w)).bool()
@@ -373,10 +566,10 @@ def check_sliding_window_mask(fn) -> None:
 
 @exercise
 def check_n_parameters(fn) -> None:
-    "Exercise check: `fn(V, T, d, L)` counts the parameters of our causal model (d_ff = 4d, tied output layer)."
+    """Exercise check: `fn(V, T, d, L)` counts the parameters of our causal model (d_ff = 4d, tied
+    output layer)."""
     for V, T, d, L in [(100, 16, 32, 1), (500, 64, 64, 3)]:
         cfg = TransformerConfig(vocab_size=V, max_len=T, d_model=d, n_layers=L, n_heads=4)
         has = sum(p.numel() for p in Transformer(cfg).parameters())
         said = fn(V, T, d, L)
         assert said == has, f"V={V}, T={T}, d={d}, L={L}: you said {said:,}, the model has {has:,}"
-

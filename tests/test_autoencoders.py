@@ -20,7 +20,9 @@ def test_random_masking_keeps_the_right_patches(ratio, kept):
     keep, mask = A.random_masking(3, 49, ratio, generator=torch.Generator().manual_seed(0))
     assert keep.shape == (3, kept) and (~mask).sum(1).tolist() == [kept] * 3
     for row_keep, row_mask in zip(keep, mask):
-        assert torch.equal(row_keep, torch.nonzero(~row_mask).flatten())  # sorted, unique, the complement of the mask
+        assert torch.equal(
+            row_keep, torch.nonzero(~row_mask).flatten()
+        )  # sorted, unique, the complement of the mask
     assert kept == 49 or not torch.equal(mask[0], mask[1])  # each image has its own mask
 
 
@@ -31,13 +33,14 @@ def test_random_masking_refuses_bad_ratio(ratio):
 
 
 def masked_patch_mse_by_loop(x, pred, mask, p=4):
-    "The MAE loss by hand: cut each hidden patch out of the image by pixel indices and average the squared errors."
+    """The MAE loss by hand: cut each hidden patch out of the image by pixel indices and average the
+    squared errors."""
     grid = x.shape[-1] // p
     errors = []
     for n in range(len(x)):
         for j in torch.nonzero(mask[n]).flatten().tolist():
             row, col = divmod(j, grid)
-            pixels = x[n, :, row * p:(row + 1) * p, col * p:(col + 1) * p].reshape(-1)
+            pixels = x[n, :, row * p : (row + 1) * p, col * p : (col + 1) * p].reshape(-1)
             errors.append(((pred[n, j] - pixels) ** 2).mean())
     return torch.stack(errors).mean()
 
@@ -68,6 +71,7 @@ def test_mae_loss_ignores_predictions_of_visible_patches():
             pred, mask = real_forward(images, mask_ratio)
             hidden = mask.unsqueeze(-1)
             return pred + change_visible * ~hidden + change_hidden * hidden, mask
+
         mae.forward = forward
         torch.manual_seed(1)
         return A.mae_loss(mae, (x,))
@@ -82,22 +86,35 @@ def test_mae_features_are_the_mean_encoder_token_over_all_patches():
     mae = A.MAE(dim=16, depth=1, heads=2, decoder_dim=16).eval()
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
-        tokens = mae.embed(F.unfold(x, 4, stride=4).transpose(1, 2)) + mae.pos  # all 49 patches, in order
+        tokens = (
+            mae.embed(F.unfold(x, 4, stride=4).transpose(1, 2)) + mae.pos
+        )  # all 49 patches, in order
         expected = mae.norm(mae.encoder(tokens)).mean(1)
         assert torch.allclose(mae.features(x), expected, atol=1e-6)
         corner = x.clone()
-        corner[:, :, 24:, 24:] = 0  # the last patch: features see every patch, so this one matters too
+        corner[:, :, 24:, 24:] = (
+            0  # the last patch: features see every patch, so this one matters too
+        )
         assert not torch.allclose(mae.features(corner), mae.features(x))
 
 
 def test_conv_autoencoder_learns_to_reconstruct():
     from foundation_course.data import load_images
     from foundation_course.training import fit
+
     torch.manual_seed(0)
     ae = A.ConvAutoencoder(width=8, latent_dim=16)
     x = load_images("fashion-mnist").train_images[:32, None].float() / 255
     assert ae(x).shape == x.shape and ae.encoder(x).shape == (32, 16)
     before = A.reconstruction_loss(ae, (x,)).item()
-    fit(ae, torch.utils.data.TensorDataset(x), epochs=40, batch_size=32, lr=3e-3, loss_fn=A.reconstruction_loss,
-        progress=False, device="cpu")
+    fit(
+        ae,
+        torch.utils.data.TensorDataset(x),
+        epochs=40,
+        batch_size=32,
+        lr=3e-3,
+        loss_fn=A.reconstruction_loss,
+        progress=False,
+        device="cpu",
+    )
     assert A.reconstruction_loss(ae, (x,)).item() < 0.7 * before

@@ -61,9 +61,13 @@ def _eye_that_masks_nothing(n, **kw):
 def test_oracle_test_fails_when_nt_xent_is_perturbed(monkeypatch, mutant):
     "A mutation check: the oracle test above must catch a small mistake in nt_xent."
     if mutant == "temperature 1% off":
-        monkeypatch.setattr(C, "F", _FunctionalWith(cross_entropy=_cross_entropy_at_temperature_off_by(1.01)))
+        monkeypatch.setattr(
+            C, "F", _FunctionalWith(cross_entropy=_cross_entropy_at_temperature_off_by(1.01))
+        )
     else:
-        monkeypatch.setattr(C.torch, "eye", _eye_that_masks_nothing)  # the oracle loops, never calls torch.eye
+        monkeypatch.setattr(
+            C.torch, "eye", _eye_that_masks_nothing
+        )  # the oracle loops, never calls torch.eye
     for case in ORACLE_CASES[2:4]:
         with pytest.raises(AssertionError):
             assert_matches_oracle(C.nt_xent, *case)
@@ -90,14 +94,17 @@ def test_nt_xent_rewards_aligned_views():
     assert C.nt_xent(z, z, 0.1) < 0.01 < C.nt_xent(z, z.roll(1, 0), 0.1)
 
 
-@pytest.mark.parametrize("z1,z2,tau,match", [
-    (torch.randn(1, 8), torch.randn(1, 8), 0.5, "at least 2"),
-    (torch.randn(4, 8), torch.randn(4, 16), 0.5, "same shape"),
-    (torch.randn(4, 8), torch.randn(3, 8), 0.5, "same shape"),
-    (torch.randn(4, 8), torch.randn(4, 8), 0.0, "temperature must be > 0"),
-    (torch.randn(4, 8), torch.randn(4, 8), -0.1, "temperature must be > 0"),
-    (torch.randn(4, 2, 4), torch.randn(4, 2, 4), 0.5, "2-D"),
-])
+@pytest.mark.parametrize(
+    "z1,z2,tau,match",
+    [
+        (torch.randn(1, 8), torch.randn(1, 8), 0.5, "at least 2"),
+        (torch.randn(4, 8), torch.randn(4, 16), 0.5, "same shape"),
+        (torch.randn(4, 8), torch.randn(3, 8), 0.5, "same shape"),
+        (torch.randn(4, 8), torch.randn(4, 8), 0.0, "temperature must be > 0"),
+        (torch.randn(4, 8), torch.randn(4, 8), -0.1, "temperature must be > 0"),
+        (torch.randn(4, 2, 4), torch.randn(4, 2, 4), 0.5, "2-D"),
+    ],
+)
 def test_bad_input_is_refused(z1, z2, tau, match):
     for loss in (C.nt_xent, C.info_nce):
         with pytest.raises(ValueError, match=match):
@@ -106,10 +113,12 @@ def test_bad_input_is_refused(z1, z2, tau, match):
 
 def test_nan_from_a_degenerate_batch_is_explained():
     z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
-    zero = z1.clone(); zero[2] = 0
+    zero = z1.clone()
+    zero[2] = 0
     with pytest.raises(FloatingPointError, match="all zeros"):
         C.nt_xent(zero, z2, 0.5)
-    nan = z1.clone(); nan[0, 3] = float("nan")
+    nan = z1.clone()
+    nan[0, 3] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         C.nt_xent(nan, z2, 0.5)
     with pytest.raises(FloatingPointError, match="NaN or inf"):
@@ -118,21 +127,32 @@ def test_nan_from_a_degenerate_batch_is_explained():
 
 def test_info_nce_matches_loop_in_float64():
     g = torch.Generator().manual_seed(3)
-    q, k = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    q, k = (
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+    )
     qn, kn = q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)
     tau = 0.05
-    expected = np.mean([-(qn[i] @ kn[i] / tau - torch.logsumexp(qn[i] @ kn.T / tau, 0)).item() for i in range(6)])
+    expected = np.mean(
+        [-(qn[i] @ kn[i] / tau - torch.logsumexp(qn[i] @ kn.T / tau, 0)).item() for i in range(6)]
+    )
     loss = C.info_nce(q, k, tau)
     assert loss.dtype == torch.float64 and abs(loss.item() - expected) < 1e-12
 
 
 def test_knn_accuracy_matches_sklearn():
     from sklearn.neighbors import KNeighborsClassifier
+
     g = torch.Generator().manual_seed(0)
     ftr, fte = torch.randn(300, 8, generator=g), torch.randn(100, 8, generator=g)
     ytr, yte = torch.randint(0, 4, (300,), generator=g), torch.randint(0, 4, (100,), generator=g)
     for k in (1, 15, 300):
-        sk = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute", weights=lambda d: np.exp((1 - d) / 0.1))
+        sk = KNeighborsClassifier(
+            n_neighbors=k,
+            metric="cosine",
+            algorithm="brute",
+            weights=lambda d: np.exp((1 - d) / 0.1),
+        )
         expected = (sk.fit(ftr.numpy(), ytr.numpy()).predict(fte.numpy()) == yte.numpy()).mean()
         assert abs(C.knn_accuracy(ftr, ytr, fte, yte, k=k, chunk=33) - expected) < 1e-9
     with pytest.raises(ValueError, match="k must be between"):
@@ -142,14 +162,20 @@ def test_knn_accuracy_matches_sklearn():
 def test_sentence_pairs():
     p = C.sentence_pairs(["a", "a", "b"], [1, 0, 1])
     assert list(zip(p["i"], p["j"])) == [(0, 1), (0, 2), (1, 2)]
-    assert p["same_group"].tolist() == [True, False, False] and p["same_label"].tolist() == [False, True, False]
+    assert p["same_group"].tolist() == [True, False, False] and p["same_label"].tolist() == [
+        False,
+        True,
+        False,
+    ]
 
 
 def test_linear_probe_learns_and_head_works_on_raw_features():
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(3, 16, generator=g) * 4
     y = torch.arange(3).repeat(100)
-    x = centers[y] + torch.randn(300, 16, generator=g) + 10  # offset: the returned head must undo the standardization
+    x = (
+        centers[y] + torch.randn(300, 16, generator=g) + 10
+    )  # offset: the returned head must undo the standardization
     acc, head = C.linear_probe(x[:150], y[:150], x[150:], y[150:], steps=100)
     assert acc > 0.95
     assert (head(x[150:]).argmax(1) == y[150:]).float().mean() == pytest.approx(acc)
@@ -168,11 +194,18 @@ def test_resnet_encoder_and_simclr_loss_train_the_encoder():
 
 def test_image_views_and_augmented_features():
     from foundation_course.data import TwoViews, contrastive_augment
+
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
     v1, v2 = C.ImageViews(images, TwoViews(contrastive_augment(28)))[0]
-    assert v1.shape == v2.shape == (1, 28, 28) and v1.dtype == torch.float32 and not torch.equal(v1, v2)
+    assert (
+        v1.shape == v2.shape == (1, 28, 28)
+        and v1.dtype == torch.float32
+        and not torch.equal(v1, v2)
+    )
     enc = C.resnet_encoder(width=4)
-    feats, labels = C.augmented_features(enc, images, torch.arange(5), contrastive_augment(28), views=2)
+    feats, labels = C.augmented_features(
+        enc, images, torch.arange(5), contrastive_augment(28), views=2
+    )
     assert feats.shape == (15, 16) and labels.tolist() == [0, 1, 2, 3, 4] * 3
     assert torch.allclose(feats[:5], C.extract_features(enc, images))
 
@@ -197,5 +230,10 @@ def test_simcse_positive_pairs_come_from_dropout():
     assert torch.allclose(C.simcse_loss(0.05)(no_dropout, batch), C.info_nce(z, z, 0.05), atol=1e-5)
     with_dropout = C.small_text_encoder(100, hidden=16, layers=1, heads=2, dropout=0.3).train()
     assert not torch.allclose(with_dropout(ids, mask), with_dropout(ids, mask))
-    assert torch.allclose(C.mean_pool(torch.ones(1, 3, 2) * torch.tensor([1.0, 2.0, 9.0])[None, :, None],
-                                      torch.tensor([[1, 1, 0]])), torch.tensor([[1.5, 1.5]]))
+    assert torch.allclose(
+        C.mean_pool(
+            torch.ones(1, 3, 2) * torch.tensor([1.0, 2.0, 9.0])[None, :, None],
+            torch.tensor([[1, 1, 0]]),
+        ),
+        torch.tensor([[1.5, 1.5]]),
+    )

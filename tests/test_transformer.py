@@ -1,4 +1,6 @@
-"""The from-scratch Transformer: attention and masks against PyTorch, weight parity with transformers' GPT-2 and BERT, bad input."""
+"""The from-scratch Transformer: attention and masks against PyTorch, weight parity with
+transformers' GPT-2 and BERT, bad input."""
+
 import math
 
 import pytest
@@ -8,13 +10,27 @@ from transformers import BertModel
 
 from foundation_course import transformer
 from foundation_course.data import load_text_model, load_tokenizer
-from foundation_course.transformer import (Transformer, TransformerConfig, attention, attention_bias, causal_mask,
-                                           check_tokenizer_fits, from_hf, padding_mask, to_hf, window_mask)
+from foundation_course.transformer import (
+    Transformer,
+    TransformerConfig,
+    attention,
+    attention_bias,
+    causal_mask,
+    check_tokenizer_fits,
+    from_hf,
+    padding_mask,
+    to_hf,
+    window_mask,
+)
 
 
 def small(causal, **kw):
     torch.manual_seed(0)
-    return Transformer(TransformerConfig(vocab_size=300, max_len=32, d_model=64, n_layers=2, n_heads=4, causal=causal, **kw)).eval()
+    return Transformer(
+        TransformerConfig(
+            vocab_size=300, max_len=32, d_model=64, n_layers=2, n_heads=4, causal=causal, **kw
+        )
+    ).eval()
 
 
 def batch(vocab=300, length=20):
@@ -33,7 +49,9 @@ def test_attention_matches_torch_sdpa_with_causal_and_padding_masks():
     assert torch.allclose(w.sum(-1), torch.ones(2, 3, 6)) and w[..., 0, 1:].abs().max() == 0
     keep = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     ours, w = attention(q, k, v, padding_mask(keep))
-    assert torch.allclose(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=padding_mask(keep)), atol=1e-6)
+    assert torch.allclose(
+        ours, F.scaled_dot_product_attention(q, k, v, attn_mask=padding_mask(keep)), atol=1e-6
+    )
     assert w[0, :, :, 4:].max() < 1e-30
 
 
@@ -42,7 +60,9 @@ def test_fully_masked_rows_stay_finite():
     bias = attention_bias(mask, causal=True, n=4)
     out, _ = attention(*torch.randn(3, 1, 1, 4, 8).unbind(0), bias)
     assert torch.isfinite(out).all()
-    assert attention_bias(torch.ones(2, 4), causal=True, n=4) is None  # nothing masked: the fused causal path is used
+    assert (
+        attention_bias(torch.ones(2, 4), causal=True, n=4) is None
+    )  # nothing masked: the fused causal path is used
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -55,8 +75,11 @@ def test_attention_window_hides_distant_tokens_and_none_restores_full_attention(
     changed = ids.clone()
     changed[:, 3] = (changed[:, 3] + 1) % 300
     local_changed = model(changed).logits
-    # with 2 layers of ±2, position i sees tokens up to 4 away: position 8 can't see position 3, position 6 can
-    assert torch.equal(local[:, 8], local_changed[:, 8]) and not torch.allclose(local[:, 6], local_changed[:, 6])
+    # with 2 layers of ±2, position i sees tokens up to 4 away: position 8 can't see position 3,
+    # position 6 can
+    assert torch.equal(local[:, 8], local_changed[:, 8]) and not torch.allclose(
+        local[:, 6], local_changed[:, 6]
+    )
     model.attention_window = None
     assert torch.equal(model(ids).logits, full) and not torch.allclose(local, full)
     with pytest.raises(ValueError, match="window must be >= 0"):
@@ -64,20 +87,24 @@ def test_attention_window_hides_distant_tokens_and_none_restores_full_attention(
 
 
 def assert_gpt2_parity(tie):
-    "Our causal model, exported to GPT2LMHeadModel and imported back, gives its logits and loss to 1e-5."
+    """Our causal model, exported to GPT2LMHeadModel and imported back, gives its logits and loss to
+    1e-5."""
     ours = small(causal=True, tie_embeddings=tie)
     hf = to_hf(ours)
     ids, mask = batch()
     with torch.no_grad():
         a, b = ours(ids, mask).logits, hf(input_ids=ids, attention_mask=mask).logits
         assert (a - b)[mask.bool()].abs().max() < 1e-5
-        assert torch.allclose(ours(ids, labels=ids).loss, hf(input_ids=ids, labels=ids).loss, atol=1e-5)
+        assert torch.allclose(
+            ours(ids, labels=ids).loss, hf(input_ids=ids, labels=ids).loss, atol=1e-5
+        )
         back = from_hf(hf)
         assert (back(ids, mask).logits - b)[mask.bool()].abs().max() < 1e-5
 
 
 def assert_bert_parity(tie):
-    "Our encoder gives BertModel's hidden states and BertForMaskedLM's logits to 1e-5, and survives the round trip."
+    """Our encoder gives BertModel's hidden states and BertForMaskedLM's logits to 1e-5, and
+    survives the round trip."""
     ours = small(causal=False, tie_embeddings=tie)
     with torch.no_grad():
         ours.head_bias.normal_()  # zero at init; trained models have a real output bias
@@ -87,8 +114,12 @@ def assert_bert_parity(tie):
     encoder.load_state_dict(hf.bert.state_dict())
     with torch.no_grad():
         h = ours.encode(ids, mask)[0]
-        assert (h - encoder(input_ids=ids, attention_mask=mask).last_hidden_state)[mask.bool()].abs().max() < 1e-5
-        assert (ours(ids, mask).logits - hf(input_ids=ids, attention_mask=mask).logits)[mask.bool()].abs().max() < 1e-5
+        assert (h - encoder(input_ids=ids, attention_mask=mask).last_hidden_state)[
+            mask.bool()
+        ].abs().max() < 1e-5
+        assert (ours(ids, mask).logits - hf(input_ids=ids, attention_mask=mask).logits)[
+            mask.bool()
+        ].abs().max() < 1e-5
         back = from_hf(hf)
         assert (back(ids, mask).logits - ours(ids, mask).logits).abs().max() < 1e-6
 
@@ -104,7 +135,8 @@ def test_bert_parity_with_bert_model_and_masked_lm(tie):
 
 
 class _FunctionalWith:
-    "torch.nn.functional with some functions replaced: a mutant for the module that imports it as F."
+    """torch.nn.functional with some functions replaced: a mutant for the module that imports it as
+    F."""
 
     def __init__(self, **replaced):
         self.replaced = replaced
@@ -116,13 +148,17 @@ class _FunctionalWith:
 def _attention_scaled_by(factor):
     def sdpa(q, k, v, **kw):
         return F.scaled_dot_product_attention(q, k, v, scale=factor / math.sqrt(q.shape[-1]), **kw)
+
     return sdpa
 
 
 @pytest.mark.parametrize("assert_parity", [assert_gpt2_parity, assert_bert_parity])
 def test_parity_tests_fail_when_attention_scaling_is_perturbed(monkeypatch, assert_parity):
-    "A mutation check: scores scaled by 1.02/sqrt(d) instead of 1/sqrt(d) must break GPT-2 and BERT parity."
-    monkeypatch.setattr(transformer, "F", _FunctionalWith(scaled_dot_product_attention=_attention_scaled_by(1.02)))
+    """A mutation check: scores scaled by 1.02/sqrt(d) instead of 1/sqrt(d) must break GPT-2 and
+    BERT parity."""
+    monkeypatch.setattr(
+        transformer, "F", _FunctionalWith(scaled_dot_product_attention=_attention_scaled_by(1.02))
+    )
     with pytest.raises(AssertionError):
         assert_parity(True)
     monkeypatch.undo()
@@ -131,7 +167,8 @@ def test_parity_tests_fail_when_attention_scaling_is_perturbed(monkeypatch, asse
 
 @pytest.mark.parametrize("assert_parity", [assert_gpt2_parity, assert_bert_parity])
 def test_parity_tests_fail_when_the_mask_value_is_perturbed(monkeypatch, assert_parity):
-    "A mutation check: padding masked with -1 instead of the dtype minimum must break parity on the padded batch."
+    """A mutation check: padding masked with -1 instead of the dtype minimum must break parity on
+    the padded batch."""
     real_bias = transformer.attention_bias
 
     def bias_with_minus_one(*args, **kw):

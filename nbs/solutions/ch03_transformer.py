@@ -12,7 +12,8 @@ def sliding_window_mask(n, w):
 
 
 def n_parameters(V, T, d, L):
-    "The number of parameters of our causal Transformer with vocabulary V, context T, width d and L blocks."
+    """The number of parameters of our causal Transformer with vocabulary V, context T, width d and
+    L blocks."""
     qkv, out = 3 * d * d + 3 * d, d * d + d
     mlp = (4 * d * d + 4 * d) + (4 * d * d + d)
     layer_norms = 2 * 2 * d  # two per block, a weight and a bias each
@@ -34,7 +35,9 @@ def _n_parameters_without_layer_norms(V, T, d, L):
 
 
 def _n_parameters_with_untied_output(V, T, d, L):
-    return n_parameters(V, T, d, L) + V * d  # the output layer reuses the embedding: no extra matrix
+    return (
+        n_parameters(V, T, d, L) + V * d
+    )  # the output layer reuses the embedding: no extra matrix
 
 
 WRONG = {

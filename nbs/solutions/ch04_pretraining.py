@@ -11,7 +11,8 @@ def ppl_from_probs(probs):
 
 
 def top_p_filter(logits, p):
-    "2-D logits with every token outside the smallest set whose probabilities reach `p` set to -inf."
+    """2-D logits with every token outside the smallest set whose probabilities reach `p` set to
+    -inf."""
     sorted_logits, order = logits.sort(-1, descending=True)
     probs = sorted_logits.softmax(-1)
     drop = probs.cumsum(-1) - probs >= p  # the mass before this token already reaches p

@@ -7,7 +7,8 @@ CHECKS = "foundation_course.contrastive"
 
 
 def alignment(z1, z2):
-    "The mean squared distance between positive pairs (z1[i], z2[i]) after normalizing each row to length 1."
+    """The mean squared distance between positive pairs (z1[i], z2[i]) after normalizing each row to
+    length 1."""
     return (F.normalize(z1, dim=1) - F.normalize(z2, dim=1)).pow(2).sum(1).mean()
 
 

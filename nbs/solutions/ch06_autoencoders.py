@@ -1,4 +1,4 @@
-"""Reference solutions to chapter 06's exercises (06_autoencoders.ipynb). Try the exercises first."""
+"""Reference solutions to chapter 06's exercises (06_autoencoders.ipynb). Try them first."""
 
 import torch
 
@@ -6,7 +6,8 @@ CHECKS = "foundation_course.autoencoders"
 
 
 def normalize_patches(patches):
-    "Each patch of (N, L, D) `patches` minus its own mean, divided by sqrt(its own variance + 1e-6)."
+    """Each patch of (N, L, D) `patches` minus its own mean, divided by sqrt(its own variance +
+    1e-6)."""
     mean = patches.mean(-1, keepdim=True)
     var = patches.var(-1, keepdim=True, unbiased=False)
     return (patches - mean) / (var + 1e-6).sqrt()
@@ -19,7 +20,9 @@ def psnr(x, y):
 
 
 def _normalize_with_unbiased_variance(patches):
-    return (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    return (patches - patches.mean(-1, keepdim=True)) / (
+        patches.var(-1, keepdim=True) + 1e-6
+    ).sqrt()
 
 
 def _normalize_over_patches_not_pixels(patches):
