@@ -71,7 +71,7 @@ course: setup
 test: setup
 	$(PY) -m pytest -q
 
-## JupyterLab on nbs/ with the course's kernel (registered again, in case another checkout took the name).
+## JupyterLab on nbs/ with this checkout's kernel (registered again, in case its spec was removed).
 lab: setup
 	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (foundation-course, $(notdir $(CURDIR)))" >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs --MappingKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
