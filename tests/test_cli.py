@@ -258,6 +258,21 @@ def test_installed_entry_point_runs_a_chapter_and_reports_times(tmp_path):
     assert record["metrics"] == {"answer": 42, "first": [1, 2]} and record["run_id"] == "test-run-1"
 
 
+def test_installed_entry_point_exits_1_with_the_message_on_stderr(tmp_path):
+    env = dict(os.environ, FC_RUNS_DIR=str(tmp_path / "runs"))
+    command = str(BIN / "foundation-course")
+    for args, message in (
+        (["run", "nope"], "Unknown chapter 'nope'; chapters: 00_core"),
+        (["results"], "No results recorded yet"),
+    ):
+        done = subprocess.run(
+            [command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 1 and message in done.stderr and not done.stdout, (
+            done.stdout + done.stderr
+        )
+
+
 def test_missing_extra_names_the_pip_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "papermill", None)  # import papermill now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'foundation_course\[course\]'"):
