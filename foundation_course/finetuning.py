@@ -94,6 +94,7 @@ class EncoderClassifier(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
+        "Logits (B, num_labels) of a padded batch; with `labels`, also their cross-entropy."
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.head(self.dropout(pool(hidden, attention_mask, self.pooling)))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
@@ -378,7 +379,8 @@ class Standardize(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "`(x - mean) / std`."
         return (x - self.mean) / self.std
 
 # %% ../nbs/07_finetuning.ipynb #b175949d
@@ -519,6 +521,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(width, n) for n in classes_per_task)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        "Logits (N, widest head) of each example under its task's head; -inf in unused columns."
         if task.shape != (len(x),):
             raise ValueError(
                 f"task needs one task id per example, shape ({len(x)},); got {tuple(task.shape)}"
