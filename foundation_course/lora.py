@@ -296,7 +296,7 @@ class CompletionCollator:
 # %% ../nbs/09_lora_peft.ipynb #e7a2c9d1
 @torch.no_grad()
 def greedy_continuations(
-    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 4
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 6
 ) -> list[str]:
     "Free decoding: what the model writes after each prompt, the likeliest token at each step."
     model.eval()
