@@ -3,7 +3,6 @@
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +20,6 @@ from foundation_course.cli import kernel_name
 
 BIN = Path(sys.executable).parent
 KERNEL = kernel_name()  # as `make lab`: this checkout's own kernel
-FIRST_CELLS = (
-    10  # 00_core up to `device = get_device(); print(...)`: imports, definitions, one output
-)
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = (
     300  # catches a hang; importing torch in a fresh kernel on a loaded 2-core machine is slow
@@ -56,6 +52,15 @@ def _first_chapter() -> str:
     return sorted(NBS.glob("[0-9][0-9]_*.ipynb"))[0].name
 
 
+def _cells_up_to_the_device() -> int:
+    "How many cells a learner runs in the first chapter up to the one that prints the device."
+    cells = json.loads((NBS / _first_chapter()).read_text())["cells"]
+    return 1 + next(i for i, c in enumerate(cells) if '"-> using"' in "".join(c["source"]))
+
+
+FIRST_CELLS = _cells_up_to_the_device()  # imports, definitions, the device line
+
+
 def test_kernel_spec_is_this_checkouts_own():
     "`make setup` registers a kernel named after this checkout, running its interpreter."
     listed = subprocess.run(
@@ -71,7 +76,11 @@ def lab(tmp_path):
     "`jupyter lab` on a copy of the first chapter (autosave can't touch nbs/), on 127.0.0.1, token."
     root = tmp_path / "nbs"
     root.mkdir()
-    shutil.copy(NBS / _first_chapter(), root)
+    nb = json.loads((NBS / _first_chapter()).read_text())
+    for cell in nb["cells"]:  # no committed output can stand in for one the kernel did not produce
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    (root / _first_chapter()).write_text(json.dumps(nb))
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
