@@ -290,6 +290,25 @@ def test_solution_toggle_follows_each_exercise_cell():
     assert "```python\ndef double(x):" in cell["source"] and cell["source"].endswith("</details>")
 
 
+def test_gpu_results_close_the_chapter_page_where_recorded(tmp_path):
+    build = _build_site_module()
+    for profile, acc, device in (("cpu", 0.81, "cpu"), ("gpu", 0.87, "cuda")):
+        (tmp_path / profile).mkdir()
+        record = dict(
+            chapter="09_lora_peft",
+            profile=profile,
+            device=device,
+            elapsed_s=1.0,
+            saved_at="now",
+            metrics=dict(acc=acc),
+        )
+        (tmp_path / profile / "09_lora_peft.json").write_text(json.dumps(record))
+    assert build.gpu_results_cell("08_adapters", tmp_path) is None
+    text = build.gpu_results_cell("09_lora_peft", tmp_path)["source"]
+    assert text.startswith("## At the gpu profile") and "on cuda" in text
+    assert re.search(r"^    acc +0\.81 +0\.87$", text, re.M), text
+
+
 def _chapters_with_solutions() -> list[str]:
     return [n for n in _numbered() if (NBS / "solutions" / f"ch{n}.py").exists()]
 

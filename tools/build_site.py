@@ -158,6 +158,24 @@ def add_solution_toggles(nb: dict, chapter: str) -> None:
     nb["cells"] = cells
 
 
+def gpu_results_cell(chapter: str, results: Path = NBS / "results") -> dict | None:
+    "A closing section with the chapter's gpu-profile results beside its cpu ones, where recorded."
+    from foundation_course.cli import results_table
+
+    gpu = results / "gpu" / f"{chapter}.json"
+    if not gpu.exists():
+        return None
+    record = json.loads(gpu.read_text(encoding="utf-8"))
+    machine = record.get("gpu_name") or record.get("device", "a GPU")
+    table = results_table({"cpu": results / "cpu", "gpu": results / "gpu"}, [chapter])
+    text = (
+        f"## At the gpu profile\n\nThis chapter also ran at the `gpu` profile, on {machine} "
+        f"(`nbs/results/gpu/{chapter}.json`). Its recorded results, beside the cpu run's:\n\n"
+        f"```text\n{table}\n```"
+    )
+    return dict(cell_type="markdown", id="gpu-results", metadata={}, source=text)
+
+
 def stage_notebook(src: Path, dest: Path) -> None:
     "Copy a processed notebook for Sphinx; the landing page is executed and holds the toctree."
     nb = execute(src) if src.stem == "index" else json.loads(src.read_text(encoding="utf-8"))
@@ -169,6 +187,9 @@ def stage_notebook(src: Path, dest: Path) -> None:
         for c in nb["cells"]
     ]
     add_solution_toggles(nb, src.stem)
+    gpu = gpu_results_cell(src.stem)
+    if gpu:
+        nb["cells"].append(gpu)
     if src.stem == "index":
         nb["cells"].append(
             dict(cell_type="markdown", id="site-toctree", metadata={}, source=TOCTREE)
