@@ -597,3 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     commands = dict(run=_run, predict=_predict, results=_results)
     return commands[args.command](args)
+
+# %% ../nbs/90_cli.ipynb #c1a90e17
+# A notebook kernel runs as `__main__` too, but without `__file__`: only `python -m` enters here.
+if __name__ == "__main__" and "__file__" in globals():
+    sys.exit(main())

@@ -298,6 +298,19 @@ def test_main_list(capsys):
     assert "01_data" in capsys.readouterr().out
 
 
+def test_module_runs_as_a_script():
+    "`python -m foundation_course.cli` (what tools/gpu_run.sh calls) is the command itself."
+    done = subprocess.run(
+        [sys.executable, "-m", "foundation_course.cli", "list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == cli.chapters()
+
+
 def _tiny_text_model(folder):
     from transformers import BertConfig, BertForSequenceClassification
 
