@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -138,11 +139,12 @@ def test_image_predictor_reports_undecodable_files(image_folder, tmp_path):
 
 
 def test_predictor_missing_or_corrupt_folder(tmp_path, text_folder):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        dep.Predictor(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
-        dep.Predictor(tmp_path / "empty")
+    nope, empty = tmp_path / "nope", tmp_path / "empty"
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(nope))} does not exist.*save_pretrained"):
+        dep.Predictor(nope)
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(empty))} has no config.json.*save_pretrained"):
+        dep.Predictor(empty)
     bad_json = tmp_path / "bad-json"; bad_json.mkdir(); (bad_json / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         dep.Predictor(bad_json)
@@ -150,7 +152,8 @@ def test_predictor_missing_or_corrupt_folder(tmp_path, text_folder):
     bad_weights = tmp_path / "bad-weights"
     shutil.copytree(text_folder, bad_weights)
     (bad_weights / "model.safetensors").write_bytes(b"truncated")
-    with pytest.raises(ValueError, match="Could not load the model"):
+    with pytest.raises(ValueError, match=rf"Could not load the model in {re.escape(str(bad_weights))}: "
+                       r"SafetensorError.*corrupt; save the model again \(save_pretrained"):
         dep.Predictor(bad_weights)
 
 
@@ -201,8 +204,9 @@ def test_predictor_threshold_marks_low_confidence_rows_abstain_and_keeps_probabi
     assert {r["label"] for r in everything} == {"abstain"}
     assert [r["label"] for r in dep.Predictor(text_folder, device="cpu", threshold=0.0).predict(texts)] == [
         r["label"] for r in plain]
-    with pytest.raises(ValueError, match="threshold is a confidence"):
-        dep.Predictor(text_folder, threshold=-0.1)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=rf"threshold is a confidence in \[0, 1\].*got {bad}"):
+            dep.Predictor(text_folder, threshold=bad)
 
 
 def test_predictor_and_adapter_loader_refuse_pickle_checkpoints(tmp_path):
