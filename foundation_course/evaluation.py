@@ -370,10 +370,15 @@ def check_same_predictions(fn) -> None:
     "Exercise check: `fn(logits, t)` says whether logits / t has the same argmax as the logits."
     logits = torch.randn(1000, 10, generator=torch.Generator().manual_seed(2))
     for t in (0.1, 0.7, 1.6, 5.0):
-        assert fn(logits, t) is True, (
+        assert bool(fn(logits, t)), (
             f"T={t}: dividing all logits by one positive number keeps their order, so every "
             "prediction stays the same; compare the argmax, not the probabilities"
         )
-    assert fn(logits, -1.0) is False, (
+    assert not bool(fn(logits, -1.0)), (
         "a negative temperature reverses the order of the logits, so predictions must change"
+    )
+    tied = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])  # each row's logits all equal
+    assert bool(fn(tied, -1.0)), (
+        "T=-1 on rows of tied logits: every argmax stays the same, so the answer is True; "
+        "compare the argmaxes themselves, not the sign of t"
     )

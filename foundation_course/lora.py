@@ -19,6 +19,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import save
 from torch import nn
 from transformers import BitsAndBytesConfig
+from transformers.pytorch_utils import Conv1D
 
 from .adapters import require_float_linear, train_only, wrap_modules
 from .core import atomic_write_bytes, atomic_write_text, exercise
@@ -410,15 +411,21 @@ def check_lora_parameters(fn: Callable[[int, int, int], int]) -> None:
 
 @exercise
 def check_merged_weight(fn: Callable[..., torch.Tensor]) -> None:
-    "Exercise check: `fn(W0, A, B, alpha, r)` is the weight that `LoRALinear.merge()` leaves."
-    layer = LoRALinear(nn.Linear(10, 6), r=3, alpha=5)
-    with torch.no_grad():
-        layer.lora_B.copy_(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)))
-    inputs = [t.detach().clone() for t in (layer.base.weight, layer.lora_A, layer.lora_B)]
-    layer.merge()
-    yours = fn(*inputs, 5, 3)
-    assert tuple(yours.shape) == (6, 10), (
-        f"the merged weight is 6 x 10, yours is {tuple(yours.shape)}"
-    )
-    gap = (yours - layer.base.weight).abs().max().item()
-    assert gap < 1e-5, f"max difference from merge(): {gap:.2e}"
+    "Exercise check: `fn(W0, A, B, alpha, r)` merges LoRA into a `Conv1D` weight (d_in x d_out)."
+    g = torch.Generator().manual_seed(0)
+    for d_in, d_out, r, alpha in [(8, 8, 2, 4), (10, 6, 3, 5)]:
+        conv = Conv1D(d_out, d_in)  # GPT-2's layout: weight d_in x d_out, y = x W + b
+        A, B = torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
+        x = torch.randn(4, d_in, generator=g)
+        with torch.no_grad():
+            want = conv(x) + (alpha / r) * x @ A.T @ B.T
+            yours = fn(conv.weight.detach().clone(), A.clone(), B.clone(), alpha, r)
+        assert tuple(yours.shape) == (d_in, d_out), (
+            f"the merged weight keeps Conv1D's layout, {d_in} x {d_out}; "
+            f"yours is {tuple(yours.shape)}"
+        )
+        gap = (x @ yours + conv.bias - want).abs().max().item()
+        assert gap < 1e-4, (
+            f"d_in={d_in}, d_out={d_out}, r={r}, alpha={alpha}: x W + b differs from the base "
+            f"layer plus the LoRA branch by up to {gap:.2e}"
+        )

@@ -301,9 +301,12 @@ def test_exercise_checks_pass_the_right_answer_and_fail_wrong_ones():
     assert check_lora_parameters(lambda d_in, d_out, r: r * (d_in + d_out)) is True
     with pytest.raises(AssertionError):
         check_lora_parameters(lambda d_in, d_out, r: r * d_in * d_out)
-    assert check_merged_weight(lambda W0, A, B, alpha, r: W0 + (alpha / r) * B @ A) is True
+    # the exercise merges into GPT-2's Conv1D layout (x W), the transpose of nn.Linear's
+    assert check_merged_weight(lambda W0, A, B, alpha, r: W0 + (alpha / r) * A.T @ B.T) is True
     with pytest.raises(AssertionError):
-        check_merged_weight(lambda W0, A, B, alpha, r: W0 + B @ A)
+        check_merged_weight(lambda W0, A, B, alpha, r: W0 + (alpha / r) * B @ A)
+    with pytest.raises(AssertionError):
+        check_merged_weight(lambda W0, A, B, alpha, r: W0 + A.T @ B.T)
 
 
 # The causal-LM path: a tiny GPT-2 with a tokenizer trained on the reviews.

@@ -9,8 +9,9 @@ def lora_parameters(d_in, d_out, r):
 
 
 def merged_weight(W0, A, B, alpha, r):
-    "The one weight matrix of a merged LoRA layer (W0: d_out x d_in, A: r x d_in, B: d_out x r)."
-    return W0 + (alpha / r) * (B @ A)
+    "The merged weight of LoRA on a Conv1D (W0: d_in x d_out, A: r x d_in, B: d_out x r)."
+    # the branch is x A^T B^T, so in the x W layout the update is (B A)^T = A^T B^T
+    return W0 + (alpha / r) * (A.T @ B.T)
 
 
 def _lora_parameters_full_matrix(d_in, d_out, r):
@@ -21,15 +22,23 @@ def _lora_parameters_square(d_in, d_out, r):
     return 2 * r * d_in  # as if the layer were square
 
 
+def _merged_weight_linear_layout(W0, A, B, alpha, r):
+    return W0 + (alpha / r) * (B @ A)  # nn.Linear's layout: not transposed for Conv1D
+
+
 def _merged_weight_unscaled(W0, A, B, alpha, r):
-    return W0 + B @ A
+    return W0 + A.T @ B.T
 
 
 def _merged_weight_inverted_scale(W0, A, B, alpha, r):
-    return W0 + (r / alpha) * (B @ A)
+    return W0 + (r / alpha) * (A.T @ B.T)
 
 
 WRONG = {
     "lora_parameters": [_lora_parameters_full_matrix, _lora_parameters_square],
-    "merged_weight": [_merged_weight_unscaled, _merged_weight_inverted_scale],
+    "merged_weight": [
+        _merged_weight_linear_layout,
+        _merged_weight_unscaled,
+        _merged_weight_inverted_scale,
+    ],
 }

@@ -35,7 +35,11 @@ def _always_same(logits, t):
     return True
 
 
+def _positive_temperature(logits, t):
+    return t > 0  # true for the scores' order, yet rows of tied logits keep their argmax for t < 0
+
+
 WRONG = {
     "balanced_accuracy": [_plain_accuracy, _mean_precision],
-    "same_predictions": [_same_probabilities, _always_same],
+    "same_predictions": [_same_probabilities, _always_same, _positive_temperature],
 }
