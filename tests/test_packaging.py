@@ -229,13 +229,50 @@ def test_gpu_carry_parts_fit_one_transfer_and_reassemble(tmp_path):
     parts = sorted((tmp_path / "carry").glob("part*"))
     assert len(parts) == 4, "25 KB in parts of 8 KiB: four parts when packed largest first"
     for part in parts:
-        assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) <= 8192, (
-            f"{part.name} is over the limit"
-        )
+        packed = [f for f in part.rglob("*") if f.is_file() and f.name != "manifest.tsv"]
+        assert sum(f.stat().st_size for f in packed) <= 8192, f"{part.name} is over the limit"
+        manifest = (part / "manifest.tsv").read_text()
+        assert manifest == (parts[0] / "manifest.tsv").read_text(), "parts list different files"
+        listed = {tuple(line.split("\t")) for line in manifest.splitlines()}
+        assert {
+            (part.name, str(f.stat().st_size), f.relative_to(part).as_posix()) for f in packed
+        } <= listed, f"the manifest misses files of {part.name}"
         subprocess.run([script, "stage", str(part)], env=env, check=True, capture_output=True)
     subprocess.run([script, "assemble"], env=env, check=True, capture_output=True)
     staged = tmp_path / "stage" / "carry"
-    assert {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()} == set(
-        originals
-    )
+    assert {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()} == {
+        *originals,
+        "manifest.tsv",
+    }
     assert all((staged / rel).read_bytes() == data for rel, data in expected.items())
+
+
+def test_gpu_run_stops_naming_a_part_not_staged(tmp_path):
+    "`run` checks the manifest before installing anything: a part not staged is named."
+    rng = np.random.default_rng(1)
+    for rel in ("wheels/a.whl", "wheels/b.whl", "x.gz"):
+        (tmp_path / "carry" / "all" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "carry" / "all" / rel).write_bytes(rng.bytes(6_000))
+    env = dict(
+        os.environ,
+        FC_GPU_PART_BYTES="8192",
+        FC_GPU_STAGE=str(tmp_path / "stage"),
+        FC_GPU_CARRY=str(tmp_path / "nothing-to-stage"),
+    )
+    script = str(ROOT / "tools" / "gpu_run.sh")
+    subprocess.run(
+        [script, "pack", str(tmp_path / "carry")], env=env, check=True, capture_output=True
+    )
+    for part in ("part1", "part3"):
+        subprocess.run(
+            [script, "stage", str(tmp_path / "carry" / part)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    done = subprocess.run(
+        [script, "run", str(tmp_path / "out")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "not staged (or incomplete): part2;" in done.stdout + done.stderr
+    assert not (tmp_path / "stage" / "site").exists(), "it installed before the check"
