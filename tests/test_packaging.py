@@ -6,9 +6,11 @@ stops at setup with the one command to run."""
 import email
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -276,3 +278,52 @@ def test_gpu_run_stops_naming_a_part_not_staged(tmp_path):
     assert done.returncode != 0
     assert "not staged (or incomplete): part2;" in done.stdout + done.stderr
     assert not (tmp_path / "stage" / "site").exists(), "it installed before the check"
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [ "$1 $2" = "-m foundation_course.cli" ]; then
+    mkdir -p runs/gpu/results runs/gpu/artifacts/model
+    echo '{}' >runs/gpu/$4.ipynb
+    echo '{}' >runs/gpu/results/$4.json
+    head -c 1000 /dev/zero >runs/gpu/artifacts/model/model.safetensors
+fi
+"""
+
+
+def test_gpu_run_returns_results_only_within_its_budget(tmp_path):
+    "On a stand-in machine: each chapter's limit ends inside the budget; no artefacts come back."
+    (tmp_path / "repo" / "tools").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / "gpu_run.sh", tmp_path / "repo" / "tools")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text(FAKE_PYTHON)
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    for rel in ("wheels/a.whl", "fashion-mnist/train-images-idx3-ubyte.gz"):
+        (tmp_path / "carry" / "all" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "carry" / "all" / rel).write_bytes(b"x")
+    old = tmp_path / "repo" / "runs" / "gpu" / "results" / "old.json"
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    env = dict(
+        os.environ,
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        FC_GPU_STAGE=str(tmp_path / "stage"),
+        FC_GPU_CARRY=str(tmp_path / "carry"),
+        FC_GPU_TOTAL_S="300",
+    )
+    script = str(tmp_path / "repo" / "tools" / "gpu_run.sh")
+    subprocess.run([script, "pack", str(tmp_path / "carry")], env=env, check=True)
+    done = subprocess.run(
+        [script, "run", str(tmp_path / "out")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    limits = re.findall(r"limit (\d+) s \(at (\d+) s\)", done.stdout)
+    assert len(limits) == 4, done.stdout
+    for limit, start in limits:
+        assert int(start) + int(limit) + 10 <= 300 - 30, "a chapter could outlast the budget"
+    with tarfile.open(tmp_path / "out" / "gpu_run.tar.gz") as archive:
+        names = set(archive.getnames())
+    chapters = ("05_contrastive", "07_finetuning", "08_adapters", "09_lora_peft")
+    assert names == {f"gpu/{c}.ipynb" for c in chapters} | {
+        f"gpu/results/{c}.json" for c in chapters
+    }, "only the executed notebooks and results, from this run alone, come back"
+    assert (tmp_path / "stage" / "carry" / "data" / "FashionMNIST" / "raw").is_dir()
