@@ -96,9 +96,10 @@ kernel-name:
 	@echo $(KERNEL)
 
 # What tools/gpu_run.sh needs on the GPU machine (Python 3.12; torch, transformers, peft and
-# accelerate already there, no network): the runner and its dependencies, bitsandbytes, the offline
-# data and model packages, and Fashion-MNIST and Pang & Lee. `gpu-carry/` is git-ignored; each part
-# travels in one device call (`carry: ["gpu-carry/partN"]`), the last one with `tools/gpu_run.sh run`.
+# accelerate already there, no network): the runner and its dependencies, nbdev and its dependencies
+# (the chapters call show_doc), bitsandbytes, the offline data and model packages, and Fashion-MNIST
+# and Pang & Lee. `gpu-carry/` is git-ignored; each part travels in one device call
+# (`carry: ["gpu-carry/partN"]`), the last one with `tools/gpu_run.sh run` (benchmarks/README.md).
 GPU_CARRY := gpu-carry
 GPU_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
 GPU_WHEELS := papermill==2.7.0 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0 ipython==9.18.1 \
@@ -107,7 +108,10 @@ GPU_WHEELS := papermill==2.7.0 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.
   parso==0.8.7 prompt-toolkit==3.0.53 wcwidth==0.9.4 pexpect==4.9.0 ptyprocess==0.7.0 stack-data==0.6.3 \
   executing==2.3.0 asttokens==3.0.2 pure-eval==0.2.4 fastjsonschema==2.22.3 jsonschema==4.26.0 \
   jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 platformdirs==4.14.8 \
-  tenacity==9.2.1 entrypoints==0.4.2 bitsandbytes==0.50.2
+  tenacity==9.2.1 entrypoints==0.4.2 bitsandbytes==0.50.2 \
+  nbdev==3.3.26 fastcore==2.2.41 execnb==0.3.4 ghapi==2.1.4 fastgit==0.1.4 fastspec==0.2.6 \
+  fasttransport==0.0.4 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 astunparse==1.6.3 \
+  watchdog==7.1.0
 
 ## The files for the GPU run, in parts of at most 52 MiB under gpu-carry/ (see tools/gpu_run.sh).
 gpu-carry: setup
@@ -116,7 +120,7 @@ gpu-carry: setup
 	  $(GPU_PLATFORMS) -d $(GPU_CARRY)/all/wheels $(GPU_WHEELS) \
 	  $$($(PY) -c 'from foundation_course.data import OFFLINE_PACKAGES; print(*OFFLINE_PACKAGES.values())')
 	cp $(FASHION_MNIST)/*.gz $(GPU_CARRY)/all/fashion-mnist/
-	cd $(DATA_HOME) && cp --parents 'pattern/$(PANG_LEE)' $(CURDIR)/$(GPU_CARRY)/all/data/
+	cd $(DATA_HOME) && cp --parents 'pattern/$(PANG_LEE)' '$(CURDIR)/$(GPU_CARRY)/all/data/'
 	tools/gpu_run.sh pack $(GPU_CARRY)
 
 clean:
