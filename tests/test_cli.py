@@ -293,6 +293,16 @@ def test_kernel_name_is_per_checkout(tmp_path):
     )
 
 
+def test_readme_names_the_kernel_the_makefile_registers():
+    makefile = (ROOT / "Makefile").read_text()
+    names = set(re.findall(r'--display-name "([^"]+)"', makefile))
+    assert names == {"Python (foundation-course, $(notdir $(CURDIR)))"}, names
+    shown = "Python (foundation-course, <folder>)"
+    assert f"`{shown}`" in (ROOT / "README.md").read_text(), (
+        "the README names a kernel that `make setup` does not register"
+    )
+
+
 def test_main_list(capsys):
     assert cli.main(["list"]) == 0
     assert "01_data" in capsys.readouterr().out
