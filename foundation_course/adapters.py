@@ -12,17 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from .core import count_parameters, exercise
+from .data import TextClassificationDataset, k_per_class
 
 # %% auto #0
 __all__ = ['ADAPTER_TARGETS', 'BottleneckAdapter', 'is_linear', 'linear_module_names', 'match_modules', 'parent_of',
            'replace_module', 'require_float_linear', 'wrap_modules', 'WithAdapter', 'add_adapters', 'train_only',
-           'checkpoint_size_mb', 'check_adapter_parameters', 'check_ffn_only_targets']
+           'checkpoint_size_mb', 'prepare_probe', 'prepare_adapters', 'cap_examples', 'sentiment_subset', 'tiny_bert',
+           'check_adapter_parameters', 'check_ffn_only_targets']
 
 # %% ../nbs/08_adapters.ipynb #ca4f051a
 class BottleneckAdapter(nn.Module):
@@ -196,6 +199,59 @@ def checkpoint_size_mb(model: nn.Module) -> float:
         save_file(tensors, str(path))
         return path.stat().st_size / 2**20
 
+# %% ../nbs/08_adapters.ipynb #122b633d
+def prepare_probe(model: nn.Module) -> nn.Module:
+    "The linear-probe method of chapters 08 and 09: only the classification head trains."
+    train_only(model, ["classifier"])
+    return model
+
+
+def prepare_adapters(model: nn.Module, bottleneck: int = 16) -> nn.Module:
+    "The adapter method of chapters 08 and 09: bottleneck adapters and the head train."
+    add_adapters(model, bottleneck=bottleneck)
+    train_only(model, ["adapter", "classifier"])
+    return model
+
+
+def cap_examples(n: int | None, max_examples: int | None) -> int | None:
+    "`n`, or `max_examples` where that is smaller (None: no limit), the chapters' dry-run cap."
+    caps = [c for c in (n, max_examples) if c is not None]
+    return min(caps) if caps else None
+
+
+def sentiment_subset(
+    split,
+    tokenizer,
+    n: int | None = None,
+    balanced: bool = False,
+    max_length: int = 64,
+    max_examples: int | None = None,
+) -> TextClassificationDataset:
+    """Chapters 08 and 09's data: the first `n` (at most `max_examples`) examples of a seeded
+    shuffle of a sentiment split, class-balanced with `balanced`, tokenized."""
+    n = cap_examples(n, max_examples)
+    if balanced and n is not None:
+        split = split.subset(k_per_class(split.labels, n // 2, seed=0))
+    elif n is not None:
+        split = split.subset(np.random.default_rng(0).permutation(len(split.labels))[:n])
+    return TextClassificationDataset(split.texts, split.labels, tokenizer, max_length=max_length)
+
+
+def tiny_bert(
+    num_layers: int = 2, vocab_size: int = 100, num_labels: int = 2, seed: int = 0
+) -> nn.Module:
+    "A small random BERT classifier (hidden size 16) in eval mode, drawn after seeding torch."
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
 # %% ../nbs/08_adapters.ipynb #a606b0af
 @exercise
 def check_adapter_parameters(fn: Callable[[int, int], int]) -> None:
@@ -207,24 +263,12 @@ def check_adapter_parameters(fn: Callable[[int, int], int]) -> None:
         )
 
 
-def _tiny_bert() -> nn.Module:
-    return BertForSequenceClassification(
-        BertConfig(
-            vocab_size=100,
-            hidden_size=16,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    )
-
-
 @exercise
 def check_ffn_only_targets(
     fn: Callable[[nn.Module], list[str]], model: nn.Module | None = None
 ) -> None:
     "Exercise check: `fn(model)` names each layer's feed-forward output projection, only."
-    model = model or _tiny_bert()
+    model = model or tiny_bert(num_layers=3)
     wrapped = add_adapters(model, bottleneck=4, targets=fn(model))
     layers = model.config.num_hidden_layers
     assert not any("attention" in n for n in wrapped), (

@@ -7,8 +7,9 @@ Docs: https://foundation-course.github.io/foundation_course/evaluation.html.md""
 # %% auto #0
 __all__ = ['confusion_matrix', 'precision_recall_f1', 'roc_auc', 'classification_report', 'plot_confusion',
            'expected_calibration_error', 'reliability_diagram', 'fit_temperature', 'mean_std', 'format_acc',
-           'paired_bootstrap', 'welch_interval', 'compare', 'coverage_accuracy_curve', 'choose_threshold',
-           'selective_report', 'most_confident_mistakes', 'check_balanced_accuracy', 'check_same_predictions']
+           'bootstrap_interval', 'correct_on', 'paired_bootstrap', 'welch_interval', 'compare',
+           'coverage_accuracy_curve', 'choose_threshold', 'selective_report', 'most_confident_mistakes',
+           'check_balanced_accuracy', 'check_same_predictions']
 
 # %% ../nbs/10_evaluation.ipynb #4c070cf5
 import math
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from .core import exercise
+from .training import predict
 
 # %% ../nbs/10_evaluation.ipynb #a947b8c8
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -212,6 +214,23 @@ def _correctness(values, name: str) -> np.ndarray:
             f"not scores or labels; got values such as {arr[~np.isin(arr, (0, 1))][:3]}"
         )
     return arr.astype(np.int64)
+
+
+def bootstrap_interval(
+    correct, n: int = 10_000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    "Accuracy (mean of 0/1 `correct`) and its percentile bootstrap interval from `n` resamples."
+    c = _correctness(correct, "correct").astype(float)
+    # resampling m outcomes of 0/1 with replacement: the number of ones is Binomial(m, accuracy)
+    means = np.random.default_rng(seed).binomial(len(c), c.mean(), size=n) / len(c)
+    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return dict(acc=float(c.mean()), low=float(low), high=float(high))
+
+
+def correct_on(model, data, collate_fn=None, batch_size: int = 64) -> np.ndarray:
+    "Per-example 0/1 of a classifier on `data`: was its prediction right? (what `compare` takes)"
+    logits, labels = predict(model, data, batch_size=batch_size, collate_fn=collate_fn)
+    return (logits.argmax(-1) == labels).long().numpy()
 
 
 def paired_bootstrap(correct_a, correct_b, n: int = 10_000, seed: int = 0) -> dict[str, float]:

@@ -6,7 +6,7 @@ Docs: https://foundation-course.github.io/foundation_course/end_to_end.html.md""
 
 # %% auto #0
 __all__ = ['plot_pipeline', 'StepLog', 'normalize_text', 'shingles', 'jaccard', 'minhash_signatures', 'near_duplicate_pairs',
-           'duplicate_pairs', 'feature_head', 'label_noise_candidates', 'bootstrap_interval', 'check_shingle_jaccard',
+           'duplicate_pairs', 'feature_head', 'label_noise_candidates', 'check_shingle_jaccard',
            'check_answer_or_abstain']
 
 # %% ../nbs/13_end_to_end.ipynb #81ff5d76
@@ -199,21 +199,6 @@ def label_noise_candidates(
     probs = cross_val_predict(feature_head(C, seed), x, y, cv=cv, method="predict_proba")
     own = probs[np.arange(len(y)), y]
     return np.argsort(own, kind="stable"), own
-
-# %% ../nbs/13_end_to_end.ipynb #b63186e6
-def bootstrap_interval(
-    correct, n: int = 10_000, level: float = 0.95, seed: int = 0
-) -> dict[str, float]:
-    "Accuracy (mean of 0/1 `correct`) and its percentile bootstrap interval from `n` resamples."
-    c = np.asarray(correct, dtype=float)
-    if c.ndim != 1 or c.size == 0 or not np.isin(c, (0, 1)).all():
-        raise ValueError(
-            "correct must be a non-empty 1-D sequence of 0/1 (was each prediction right?)"
-        )
-    # resampling m outcomes of 0/1 with replacement: the number of ones is Binomial(m, accuracy)
-    means = np.random.default_rng(seed).binomial(len(c), c.mean(), size=n) / len(c)
-    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return dict(acc=float(c.mean()), low=float(low), high=float(high))
 
 # %% ../nbs/13_end_to_end.ipynb #db7e8811
 @exercise

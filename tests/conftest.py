@@ -2,7 +2,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
@@ -11,6 +10,9 @@ NBS = ROOT / "nbs"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# After the settings above, which transformers reads at import; tests import tiny_bert from here.
+from foundation_course.adapters import tiny_bert  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -27,19 +29,3 @@ def runs_dir(tmp_path, monkeypatch):
     "Send results and artefacts to a temporary folder."
     monkeypatch.setenv("FC_RUNS_DIR", str(tmp_path / "runs"))
     return tmp_path / "runs"
-
-
-def tiny_bert(vocab_size=100, seed=0):
-    "A small random BERT sequence classifier, for tests of model surgery (adapters, LoRA)."
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(cfg).eval()

@@ -225,3 +225,31 @@ def test_selective_report_on_new_data():
     probs, labels = probs_with([0.95, 0.9, 0.7, 0.55], [1, 0, 1, 0])
     r = ev.selective_report(probs, labels, threshold=0.8)
     assert r == dict(coverage=0.5, error=0.5, answered=2)
+
+
+def test_bootstrap_interval():
+    out = ev.bootstrap_interval(np.r_[np.ones(80), np.zeros(20)], n=20_000, seed=0)
+    assert out["acc"] == 0.8
+    # the normal approximation: 0.8 ± 1.96 · sqrt(0.8 · 0.2 / 100) = 0.8 ± 0.078
+    assert out["low"] == pytest.approx(0.72, abs=0.015)
+    assert out["high"] == pytest.approx(0.88, abs=0.015)
+    assert ev.bootstrap_interval(np.ones(50)) == dict(acc=1.0, low=1.0, high=1.0)
+    with pytest.raises(ValueError, match="0/1"):
+        ev.bootstrap_interval([0.3, 0.9])
+
+
+def test_correct_on_marks_each_right_prediction():
+    class Fixed(torch.nn.Module):
+        "Predicts class 1 exactly when the input's first feature is positive."
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.stack([-x[:, 0], x[:, 0]], -1) + self.w
+
+    x = torch.tensor([[1.0], [-1.0], [2.0], [-3.0]])
+    y = torch.tensor([1, 1, 0, 0])
+    got = ev.correct_on(Fixed(), torch.utils.data.TensorDataset(x, y), batch_size=3)
+    assert got.tolist() == [1, 0, 0, 1]

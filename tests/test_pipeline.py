@@ -1,5 +1,5 @@
-"""Chapter 13's pipeline pieces: near-duplicate search, label-noise candidates, the bootstrap
-interval, the step log and the pipeline picture."""
+"""Chapter 13's pipeline pieces: near-duplicate search, label-noise candidates, the step
+log and the pipeline picture."""
 
 import time
 
@@ -8,7 +8,6 @@ import pytest
 
 from foundation_course.pipeline import (
     StepLog,
-    bootstrap_interval,
     duplicate_pairs,
     jaccard,
     label_noise_candidates,
@@ -82,17 +81,6 @@ def test_label_noise_candidates_ranks_flipped_labels_first():
     assert (p_own[flipped] < 0.1).all() and np.median(p_own) > 0.9
     with pytest.raises(ValueError, match="one label per row"):
         label_noise_candidates(features, noisy[:-1])
-
-
-def test_bootstrap_interval():
-    out = bootstrap_interval(np.r_[np.ones(80), np.zeros(20)], n=20_000, seed=0)
-    assert out["acc"] == 0.8
-    # the normal approximation: 0.8 ± 1.96 · sqrt(0.8 · 0.2 / 100) = 0.8 ± 0.078
-    assert out["low"] == pytest.approx(0.72, abs=0.015)
-    assert out["high"] == pytest.approx(0.88, abs=0.015)
-    assert bootstrap_interval(np.ones(50)) == dict(acc=1.0, low=1.0, high=1.0)
-    with pytest.raises(ValueError, match="0/1"):
-        bootstrap_interval([0.3, 0.9])
 
 
 def test_step_log_times_steps_and_refuses_misuse():
