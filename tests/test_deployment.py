@@ -13,10 +13,19 @@ from foundation_course.data import load_image_backbone, load_tokenizer
 
 def tiny_classifier(seed=0):
     from transformers import BertConfig, BertForSequenceClassification
+
     tok = load_tokenizer("minilm")
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     return BertForSequenceClassification(config).eval(), tok
 
 
@@ -24,18 +33,22 @@ def tiny_classifier(seed=0):
 def text_folder(tmp_path_factory):
     model, tok = tiny_classifier()
     folder = tmp_path_factory.mktemp("text-model")
-    model.save_pretrained(str(folder)); tok.save_pretrained(str(folder))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
     return folder
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     from foundation_course.finetuning import save_image_classifier
+
     folder = tmp_path_factory.mktemp("image-model")
     torch.manual_seed(0)
     backbone = load_image_backbone("efficientnet-lite0", pretrained=False)
     backbone.set_head(3)
-    return save_image_classifier(backbone, folder, "efficientnet-lite0", ["a", "b", "c"], input_size=32)
+    return save_image_classifier(
+        backbone, folder, "efficientnet-lite0", ["a", "b", "c"], input_size=32
+    )
 
 
 TEXTS = ["a lovely film", "dull and far too long, with no jokes that land", "fine"]
@@ -43,9 +56,18 @@ TEXTS = ["a lovely film", "dull and far too long, with no jokes that land", "fin
 
 def lora_model():
     from peft import LoraConfig, get_peft_model
+
     model, tok = tiny_classifier()
-    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"],
-                                                  init_lora_weights=False))  # random B, so the merge changes the weights
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="SEQ_CLS",
+            r=4,
+            lora_alpha=8,
+            target_modules=["query", "value"],
+            init_lora_weights=False,  # random B, so the merge changes the weights
+        ),
+    )
     return peft_model.eval(), tok
 
 
@@ -57,13 +79,18 @@ def test_merge_by_hand_matches_peft_and_reload_is_identical(tmp_path):
     with torch.no_grad():
         before = peft_model(**enc).logits
     import copy
+
     merged = copy.deepcopy(peft_model).merge_and_unload()
     for name, w in by_hand.items():
         assert torch.allclose(merged.get_submodule(name).weight, w, atol=1e-6)
-        assert not torch.allclose(merged.get_submodule(name).weight, peft_model.base_model.model.get_submodule(name).base_layer.weight)
+        assert not torch.allclose(
+            merged.get_submodule(name).weight,
+            peft_model.base_model.model.get_submodule(name).base_layer.weight,
+        )
     folder = dep.merge_and_save(peft_model, tok, tmp_path / "merged")
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     from transformers import AutoModelForSequenceClassification
+
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
     with torch.no_grad():
         after, direct = reloaded(**enc).logits, merged(**enc).logits
@@ -75,10 +102,13 @@ def test_int8_by_hand_matches_torch_and_quantized_model_is_close():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 4)).eval()
     q_model = dep.quantize_int8(model)
-    assert isinstance(model[0], nn.Linear) and type(model[0]) is nn.Linear  # the original is untouched
+    assert type(model[0]) is nn.Linear  # the original is untouched
     packed = q_model[0].weight()
     q, scale = dep.int8_symmetric(model[0].weight)
-    assert torch.allclose(scale, packed.q_per_channel_scales().float(), rtol=1e-6) and (packed.q_per_channel_zero_points() == 0).all()
+    assert (
+        torch.allclose(scale, packed.q_per_channel_scales().float(), rtol=1e-6)
+        and (packed.q_per_channel_zero_points() == 0).all()
+    )
     assert (q != packed.int_repr()).float().mean() < 1e-3
     x = torch.randn(16, 64)
     with torch.no_grad():
@@ -105,7 +135,9 @@ def test_onnx_export_parity_with_dynamic_shapes(tmp_path):
 
 def test_interleaved_latencies_runs_round_robin():
     calls = []
-    times = dep.interleaved_latencies({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    times = dep.interleaved_latencies(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
     assert calls == ["a", "b"] * 4 and {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     summary = dep.latency_summary([0.01] * 19 + [1.0], batch_size=8)
     assert summary["p50_ms"] == 10.0 and summary["p95_ms"] > 10 and summary["throughput"] == 800.0
@@ -113,20 +145,33 @@ def test_interleaved_latencies_runs_round_robin():
 
 def test_text_predictor_reports_empty_text_and_predicts_the_rest(text_folder):
     predictor = dep.Predictor(text_folder, device="cpu", batch_size=2)
-    rows = predictor.predict(["a lovely film", "", "   ", "dull"], ["line 1", "line 2", "line 3", "line 4"])
+    rows = predictor.predict(
+        ["a lovely film", "", "   ", "dull"], ["line 1", "line 2", "line 3", "line 4"]
+    )
     assert [r["input"] for r in rows] == ["line 1", "line 2", "line 3", "line 4"]
-    assert rows[1]["error"] == "empty text" and rows[2]["error"] == "empty text" and rows[1]["label"] is None
+    assert (
+        rows[1]["error"] == "empty text"
+        and rows[2]["error"] == "empty text"
+        and rows[1]["label"] is None
+    )
     for r in (rows[0], rows[3]):
         assert r["error"] is None and r["label"] in ("negative", "positive")
-        assert sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5) and r["probability"] == max(r["probs"].values())
-    big = dep.Predictor(text_folder, device="cpu", batch_size=64).predict(["a lovely film", "", "   ", "dull"])
+        assert sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5) and r["probability"] == max(
+            r["probs"].values()
+        )
+    big = dep.Predictor(text_folder, device="cpu", batch_size=64).predict(
+        ["a lovely film", "", "   ", "dull"]
+    )
     assert [r["probs"] for r in big] == [r["probs"] for r in rows]
 
 
 def test_image_predictor_reports_undecodable_files(image_folder, tmp_path):
     from PIL import Image
+
     for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (28 + 4 * i, 28), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+        Image.fromarray(
+            np.random.default_rng(i).integers(0, 255, (28 + 4 * i, 28), dtype=np.uint8)
+        ).save(tmp_path / f"img{i}.png")
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "colour.jpg")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     items, names = dep.read_inputs(tmp_path)
@@ -134,32 +179,57 @@ def test_image_predictor_reports_undecodable_files(image_folder, tmp_path):
     by_name = {r["input"]: r for r in rows}
     assert set(by_name) == {"img0.png", "img1.png", "img2.png", "colour.jpg", "broken.png"}
     assert by_name["broken.png"]["error"].startswith("cannot decode image: UnidentifiedImageError")
-    assert str(tmp_path) not in by_name["broken.png"]["error"] and by_name["broken.png"]["label"] is None
-    assert all(by_name[n]["label"] in ("a", "b", "c") and by_name[n]["error"] is None for n in by_name if n != "broken.png")
+    assert (
+        str(tmp_path) not in by_name["broken.png"]["error"]
+        and by_name["broken.png"]["label"] is None
+    )
+    assert all(
+        by_name[n]["label"] in ("a", "b", "c") and by_name[n]["error"] is None
+        for n in by_name
+        if n != "broken.png"
+    )
 
 
 def test_predictor_missing_or_corrupt_folder(tmp_path, text_folder):
     nope, empty = tmp_path / "nope", tmp_path / "empty"
-    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(nope))} does not exist.*save_pretrained"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"{re.escape(str(nope))} does not exist.*save_pretrained"
+    ):
         dep.Predictor(nope)
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(empty))} has no config.json.*save_pretrained"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"{re.escape(str(empty))} has no config.json.*save_pretrained"
+    ):
         dep.Predictor(empty)
-    bad_json = tmp_path / "bad-json"; bad_json.mkdir(); (bad_json / "config.json").write_text("{not json")
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         dep.Predictor(bad_json)
     import shutil
+
     bad_weights = tmp_path / "bad-weights"
     shutil.copytree(text_folder, bad_weights)
     (bad_weights / "model.safetensors").write_bytes(b"truncated")
-    with pytest.raises(ValueError, match=rf"Could not load the model in {re.escape(str(bad_weights))}: "
-                       r"SafetensorError.*corrupt; save the model again \(save_pretrained"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Could not load the model in {re.escape(str(bad_weights))}: "
+        r"SafetensorError.*corrupt; save the model again \(save_pretrained",
+    ):
         dep.Predictor(bad_weights)
 
 
 def test_write_predictions_csv_json_and_bad_suffix(tmp_path):
-    rows = [dict(input="line 1", label="positive", probability=0.9, probs={"negative": 0.1, "positive": 0.9}, error=None),
-            dict(input="line 2", label=None, probability=None, probs=None, error="empty text")]
+    rows = [
+        dict(
+            input="line 1",
+            label="positive",
+            probability=0.9,
+            probs={"negative": 0.1, "positive": 0.9},
+            error=None,
+        ),
+        dict(input="line 2", label=None, probability=None, probs=None, error="empty text"),
+    ]
     csv_text = dep.write_predictions(rows, tmp_path / "p.csv").read_text().splitlines()
     assert csv_text[0] == "input,label,probability,p_negative,p_positive,error"
     assert csv_text[1] == "line 1,positive,0.9,0.1,0.9," and csv_text[2] == "line 2,,,,,empty text"
@@ -171,12 +241,18 @@ def test_write_predictions_csv_json_and_bad_suffix(tmp_path):
 def test_write_predictions_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     target = tmp_path / "p.json"
     target.write_text("previous")
+
     def crash(fd):
         raise OSError("disk full")
+
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
-        dep.write_predictions([dict(input="x", label="a", probability=1.0, probs={"a": 1.0}, error=None)], target)
-    assert target.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+        dep.write_predictions(
+            [dict(input="x", label="a", probability=1.0, probs={"a": 1.0}, error=None)], target
+        )
+    assert target.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "p.json"
+    ]
 
 
 def test_read_inputs_text_lines_and_errors(tmp_path):
@@ -202,8 +278,9 @@ def test_predictor_threshold_marks_low_confidence_rows_abstain_and_keeps_probabi
     assert [r["label"] for r in rows].count("abstain") == 1
     everything = dep.Predictor(text_folder, device="cpu", threshold=float("inf")).predict(texts)
     assert {r["label"] for r in everything} == {"abstain"}
-    assert [r["label"] for r in dep.Predictor(text_folder, device="cpu", threshold=0.0).predict(texts)] == [
-        r["label"] for r in plain]
+    assert [
+        r["label"] for r in dep.Predictor(text_folder, device="cpu", threshold=0.0).predict(texts)
+    ] == [r["label"] for r in plain]
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=rf"threshold is a confidence in \[0, 1\].*got {bad}"):
             dep.Predictor(text_folder, threshold=bad)
@@ -211,12 +288,15 @@ def test_predictor_threshold_marks_low_confidence_rows_abstain_and_keeps_probabi
 
 def test_predictor_and_adapter_loader_refuse_pickle_checkpoints(tmp_path):
     from safetensors.torch import load_file
+
     model, tok = tiny_classifier()
     folder = tmp_path / "pickled"
     model.config.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the old pickle format
-    with pytest.raises(ValueError, match=r"pytorch_model\.bin is a pickle checkpoint.*save_pretrained"):
+    with pytest.raises(
+        ValueError, match=r"pytorch_model\.bin is a pickle checkpoint.*save_pretrained"
+    ):
         dep.Predictor(folder, device="cpu")
     (folder / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="no .safetensors weights"):
@@ -233,6 +313,7 @@ def test_predictor_and_adapter_loader_refuse_pickle_checkpoints(tmp_path):
 
 def test_image_predictor_refuses_a_pickled_model_file(image_folder, tmp_path):
     import shutil
+
     folder = tmp_path / "pt"
     shutil.copytree(image_folder, folder)
     (folder / "model.safetensors").rename(folder / "model.pt")
@@ -280,7 +361,8 @@ def test_try_compile_reports_a_failing_compiler_and_passes_other_errors_through(
     torch._dynamo.reset()
     compiled, reason = dep.try_compile(Doubler(), dict(x=torch.ones(2, 4)), backend="eager")
     assert reason == "ok" and torch.equal(compiled(torch.ones(1, 4)), 2 * torch.ones(1, 4))
-    with pytest.raises(ValueError, match="needs 4 features"):  # the model's own bug is not swallowed
+    # the model's own bug is not swallowed
+    with pytest.raises(ValueError, match="needs 4 features"):
         dep.try_compile(Doubler(), dict(x=torch.ones(2, 3)), backend="eager")
 
     def unsupported_platform(model, **kwargs):
@@ -288,14 +370,19 @@ def test_try_compile_reports_a_failing_compiler_and_passes_other_errors_through(
 
     monkeypatch.setattr(torch, "compile", unsupported_platform)
     assert dep.try_compile(Doubler(), dict(x=torch.ones(2, 4))) == (
-        None, "RuntimeError: torch.compile is not supported on this platform")
+        None,
+        "RuntimeError: torch.compile is not supported on this platform",
+    )
 
 
 def test_onnx_pieces_name_the_deploy_extra_when_missing(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r"pip install 'foundation_course\[deploy\]'"):
         dep.import_deploy_extra("onnx_not_installed_here")
     real = dep.importlib.import_module
-    monkeypatch.setattr(dep.importlib, "import_module",
-                        lambda name: real("onnx_missing") if name == "onnxruntime" else real(name))
+    monkeypatch.setattr(
+        dep.importlib,
+        "import_module",
+        lambda name: real("onnx_missing") if name == "onnxruntime" else real(name),
+    )
     with pytest.raises(ImportError, match=r"onnxruntime is not installed.*\[deploy\]"):
         dep.OnnxClassifier(tmp_path / "m.onnx")

@@ -162,11 +162,25 @@ def test_bad_input_is_refused_naming_the_argument_and_the_fix(call, error, names
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda: LoRALinear(nn.Linear(4, 4), r=0), ValueError, "rank r"),
-        (lambda: LoRALinear(nn.Linear(4, 4), dropout=1.0), ValueError, "dropout"),
-        (lambda: LoRALinear(nn.Embedding(4, 4)), TypeError, "wraps nn.Linear"),
-        (lambda: merge_lora(tiny_bert()), ValueError, "no LoRA layers"),
+        (lambda: LoRALinear(nn.Linear(4, 4), r=0), ValueError, r"got r=0; pass e\.g\. r=8"),
+        (
+            lambda: LoRALinear(nn.Linear(4, 4), dropout=1.0),
+            ValueError,
+            r"dropout must be in \[0, 1\), got dropout=1\.0",
+        ),
+        (
+            lambda: LoRALinear(nn.Embedding(4, 4)),
+            TypeError,
+            r"got Embedding; choose targets that name linear layers \(linear_module_names",
+        ),
+        (lambda: merge_lora(tiny_bert()), ValueError, "no LoRA layers; call apply_lora first"),
+        (
+            lambda: apply_lora(tiny_bert(), "query"),
+            ValueError,
+            r"got targets='query'; pass a list such as \['query', 'value'\]",
+        ),
     ],
+    ids=["rank", "dropout", "not-linear", "merge-without-lora", "string-targets"],
 )
 def test_layer_and_merge_refuse_bad_input(call, error, message):
     with pytest.raises(error, match=message):

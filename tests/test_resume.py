@@ -4,6 +4,7 @@ disk, a kill in the middle of a write, and every random state restored on resume
 import errno
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -104,13 +105,16 @@ def test_truncated_model_safetensors_names_the_file_and_the_fix(finished_run):
 
 def test_corrupt_header_and_corrupt_trainer_state(finished_run):
     folder = latest(finished_run)
-    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
-    with pytest.raises(training.CheckpointError, match="model.safetensors is corrupt"):
+    weights, state = folder / "model.safetensors", folder / "trainer_state.pt"
+    fix = rf"delete {re.escape(str(finished_run))} to start over, or call fit with resume=False"
+    weights.write_bytes(b"\xff" * 64)
+    with pytest.raises(
+        training.CheckpointError, match=rf"{re.escape(str(weights))} is corrupt or truncated.*{fix}"
+    ):
         training.load_checkpoint(finished_run, mlp())
-    state = folder / "trainer_state.pt"
     state.write_bytes(state.read_bytes()[: len(state.read_bytes()) // 2])
     with pytest.raises(
-        training.CheckpointError, match="trainer_state.pt is corrupt or truncated.*resume=False"
+        training.CheckpointError, match=rf"{re.escape(str(state))} is corrupt or truncated.*{fix}"
     ):
         training.load_checkpoint(finished_run)
 
