@@ -576,6 +576,7 @@ class FitResult:
 
     @property
     def samples_per_second(self) -> float:
+        "Training throughput: samples seen per second of `train_seconds`."
         return self.samples_seen / max(self.train_seconds, 1e-9)
 
 # %% ../nbs/02_training.ipynb #0e3ee62f
