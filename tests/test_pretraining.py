@@ -1,11 +1,14 @@
 """Pretraining: the objective by hand against F.cross_entropy, the n-gram baselines, sampling,
 HF export, bad input."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from foundation_course import pretraining
 from foundation_course.data import CausalLMCollator, MLMCollator, pack_tokens, train_tokenizer
 from foundation_course.pretraining import (
     RoundRobinBlocks,
@@ -162,11 +165,20 @@ def test_round_robin_blocks_serve_fresh_slices_and_wrap():
     assert len({int(data[i][0]) for i in range(4)}) == 4  # wraps around the 10 blocks
 
 
-def test_pretraining_lowers_held_out_loss_and_beats_a_uniform_guess(tokenizer):
+def test_pretraining_lowers_held_out_loss_and_beats_a_uniform_guess(tokenizer, monkeypatch):
     blocks = pack_tokens(TEXTS, tokenizer, 16)
     model = model_for(tokenizer)
     collate = CausalLMCollator(tokenizer.pad_token_id)
     before = evaluate_lm(model, blocks[-4:], collate)
+    eval_seconds = [0.0]
+
+    def timed_lm_metrics(m, batch):
+        start = time.perf_counter()
+        out = lm_metrics(m, batch)
+        eval_seconds[0] += time.perf_counter() - start
+        return out
+
+    monkeypatch.setattr(pretraining, "lm_metrics", timed_lm_metrics)
     result = pretrain(
         model,
         blocks[:-4],
@@ -179,10 +191,16 @@ def test_pretraining_lowers_held_out_loss_and_beats_a_uniform_guess(tokenizer):
         lr=1e-2,
         progress=False,
     )
+    validation_seconds = eval_seconds[0]
     after = evaluate_lm(model, blocks[-4:], collate)
     assert len(result.epochs) == 2 and result.epochs[-1]["step"] == 40
     assert after["ppl"] < before["ppl"] / 3 and after["ppl"] < len(tokenizer) / 10
-    assert result.tokens_per_second > 0
+    # throughput counts training time only: the validation passes are left out
+    tokens = result.samples_seen * blocks.shape[1]
+    assert result.tokens_per_second == pytest.approx(
+        tokens / (result.train_seconds - validation_seconds), rel=1e-2
+    )
+    assert result.tokens_per_second > tokens / result.train_seconds
 
 
 def test_window_schedule_doubles_then_ends_in_full_attention():
