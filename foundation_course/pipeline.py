@@ -22,19 +22,17 @@ import numpy as np
 
 from .core import exercise, peak_memory_mb, reset_peak_memory
 from .deployment import ABSTAIN
+from .transformer import diagram_arrow, diagram_box
 
 # %% ../nbs/13_end_to_end.ipynb #1e85b9da
 def plot_pipeline(boxes: Sequence[tuple[str, str]], ax=None, width: int = 20):
     "Boxes from left to right, each a title and what the step produces, joined by arrows."
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
 
     ax = ax or plt.subplots(figsize=(2.2 * len(boxes), 2.6))[1]
     for k, (title, body) in enumerate(boxes):
         x = 1.3 * k
-        ax.add_patch(
-            FancyBboxPatch((x, 0), 1, 1, boxstyle="round,pad=0.03", fc="#eef3fb", ec="#3b6fb6")
-        )
+        diagram_box(ax, x + 0.5, 0.5, color="#eef3fb", w=1, h=1, pad=0.03, edge="#3b6fb6")
         ax.text(
             x + 0.5,
             0.85,
@@ -46,12 +44,7 @@ def plot_pipeline(boxes: Sequence[tuple[str, str]], ax=None, width: int = 20):
         )
         ax.text(x + 0.5, 0.4, textwrap.fill(body, width), ha="center", va="center", fontsize=7.5)
         if k:
-            ax.annotate(
-                "",
-                xy=(x - 0.04, 0.5),
-                xytext=(x - 0.26, 0.5),
-                arrowprops=dict(arrowstyle="->", color="#3b6fb6"),
-            )
+            diagram_arrow(ax, (x - 0.26, 0.5), (x - 0.04, 0.5), color="#3b6fb6")
     ax.set(xlim=(-0.1, 1.3 * len(boxes) - 0.2), ylim=(-0.1, 1.1))
     ax.axis("off")
     return ax

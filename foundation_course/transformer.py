@@ -13,14 +13,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import FancyBboxPatch
 from torch import nn
 
 from .core import exercise
 
 # %% auto #0
-__all__ = ['QKV_PARTS', 'attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'TransformerConfig',
-           'MultiHeadAttention', 'Block', 'LMOutput', 'Transformer', 'hf_weight_map', 'hf_config', 'to_hf', 'from_hf',
-           'check_tokenizer_fits', 'check_sliding_window_mask', 'check_n_parameters']
+__all__ = ['QKV_PARTS', 'attention', 'causal_mask', 'padding_mask', 'window_mask', 'attention_bias', 'diagram_box',
+           'diagram_arrow', 'TransformerConfig', 'MultiHeadAttention', 'Block', 'LMOutput', 'Transformer',
+           'hf_weight_map', 'hf_config', 'to_hf', 'from_hf', 'check_tokenizer_fits', 'check_sliding_window_mask',
+           'check_n_parameters']
 
 # %% ../nbs/03_transformer.ipynb #b97002e0
 def attention(
@@ -88,6 +90,38 @@ def attention_bias(
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
+
+# %% ../nbs/03_transformer.ipynb #b77522f5
+def diagram_box(
+    ax,
+    x: float,
+    y: float,
+    text: str = "",
+    color: str = "#e8e8e8",
+    w: float = 1.5,
+    h: float = 0.7,
+    fontsize: float = 9,
+    pad: float = 0.05,
+    edge: str = "0.3",
+    lw: float | None = None,
+) -> None:
+    "A rounded box of size `w` × `h` centred at (`x`, `y`), with `text` in its middle."
+    box = FancyBboxPatch(
+        (x - w / 2, y - h / 2), w, h, boxstyle=f"round,pad={pad}", fc=color, ec=edge, lw=lw
+    )
+    ax.add_patch(box)
+    if text:
+        ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
+
+
+def diagram_arrow(
+    ax, start, end, text: str | None = None, color: str = "0.3", style: str = "->", **props
+) -> None:
+    "An arrow from `start` to `end` (`props`: extra arrowprops), `text` above its middle."
+    ax.annotate("", end, start, arrowprops=dict(arrowstyle=style, color=color, **props))
+    if text:
+        middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.15)
+        ax.text(*middle, text, ha="center", fontsize=8)
 
 # %% ../nbs/03_transformer.ipynb #020cc7ec
 @dataclass
