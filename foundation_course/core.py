@@ -368,6 +368,7 @@ class Results:
 
     @property
     def path(self) -> Path:
+        "Where `save` writes the results: `<run_dir>/results/<chapter>.json`."
         return run_dir(self.profile, self.out_dir) / "results" / f"{self.chapter}.json"
 
     def log(self, **metrics: Any) -> dict[str, Any]:

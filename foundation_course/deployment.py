@@ -136,6 +136,8 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path, opset: int = 17) 
 
 
 class _LogitsOnly(nn.Module):
+    "A Hugging Face classifier that returns the logits tensor alone, as ONNX export needs."
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -154,6 +156,7 @@ class OnnxClassifier:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> torch.Tensor:
+        "The logits (batch, classes) of a tokenized batch; other tokenizer outputs are ignored."
         feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
         return torch.from_numpy(self.session.run(["logits"], feed)[0])
 
