@@ -152,6 +152,8 @@ def kernel_config():
     config = Config()
     config.KernelManager.transport = "ipc"
     config.KernelManager.ip = str(runtime / f"fc-kernel-{uuid.uuid4().hex[:12]}")
+    # a kernel slow to stop on a busy machine is otherwise interrupted and logs a traceback
+    config.KernelManager.shutdown_wait_time = 30.0
     return config
 
 
