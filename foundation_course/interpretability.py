@@ -13,7 +13,6 @@ __all__ = ['attention_maps', 'layer0_attention_by_hand', 'gradient_x_input', 'in
 import html
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

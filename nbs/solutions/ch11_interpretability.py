@@ -1,4 +1,6 @@
-"""Reference solutions to chapter 11's exercises (11_interpretability.ipynb). Try the exercises first."""
+"""Reference solutions to chapter 11's exercises (11_interpretability.ipynb).
+
+Try the exercises first."""
 
 import torch
 
