@@ -1,10 +1,14 @@
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
+TRAIN_SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
 
 # Tests never reach the network: online sources must fail fast with a clear message.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,3 +33,24 @@ def runs_dir(tmp_path, monkeypatch):
     "Send results and artefacts to a temporary folder."
     monkeypatch.setenv("FC_RUNS_DIR", str(tmp_path / "runs"))
     return tmp_path / "runs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_cpu_processes(*script_args: str) -> subprocess.CompletedProcess:
+    """tests/scripts/train_tiny.py as two CPU processes under `accelerate launch` (gloo).
+
+    accelerate's --cpu flag starts one process unless MPI is set up; launching for several GPUs
+    with the CPU forced gives two gloo processes."""
+    env = dict(os.environ, FC_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
+    launch = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port())]
+    command = [str(Path(sys.executable).parent / "accelerate"), *launch, str(TRAIN_SCRIPT)]
+    return subprocess.run(
+        [*command, *script_args], capture_output=True, text=True, timeout=300, env=env
+    )

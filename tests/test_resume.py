@@ -6,7 +6,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import launch_two_cpu_processes
 from safetensors.torch import load_file
 from torch import nn
 
@@ -332,29 +332,8 @@ def test_resume_restores_numpy_and_python_random(tmp_path):
     assert after == straight[4:]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_save_one_random_state_each(tmp_path):
-    env = dict(os.environ, FC_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        str(BIN / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(SCRIPT),
+    done = launch_two_cpu_processes(
         "--out",
         str(tmp_path / "multi.safetensors"),
         "--batch-size",
@@ -363,8 +342,7 @@ def test_two_processes_save_one_random_state_each(tmp_path):
         str(tmp_path / "ck"),
         "--epochs",
         "1",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     _, state = training.load_checkpoint(tmp_path / "ck")
     assert len(state["rng"]) == 2 and state["settings"]["processes"] == 2

@@ -1,8 +1,6 @@
 import dataclasses
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import launch_two_cpu_processes
 from safetensors.torch import load_file
 from torch import nn
 
@@ -192,42 +191,13 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
         assert torch.equal(straight[k], resumed[k]), k
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_cpu_processes_match_one_with_the_same_effective_batch(tmp_path):
     _run_script(
         "--out", str(tmp_path / "single.safetensors"), "--batch-size", "8", "--dropout", "0"
     )
-    # accelerate's --cpu flag starts one process unless MPI is set up; torchrun-style launching
-    # with the CPU forced gives two gloo processes
-    env = dict(os.environ, FC_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        str(BIN / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(SCRIPT),
-        "--out",
-        str(tmp_path / "multi.safetensors"),
-        "--batch-size",
-        "4",
-        "--dropout",
-        "0",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    done = launch_two_cpu_processes(
+        "--out", str(tmp_path / "multi.safetensors"), "--batch-size", "4", "--dropout", "0"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world_size=2" in done.stdout
     single, multi = (
