@@ -397,6 +397,10 @@ class Results:
             record["matmul_gflops"] = float(f"{_measured['matmul_flops'] / 1e9:.3g}")
         return atomic_write_text(self.path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
+    def provenance(self) -> str:
+        "The run these results belong to, for a chapter to print beside them: run id and commit."
+        return f"run {run_id()}, commit {git_commit()[:7]}"
+
 
 def load_results(results_dir: str | Path) -> dict[str, dict]:
     "Every results file in `results_dir`, by chapter name."
