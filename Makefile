@@ -85,9 +85,11 @@ readme: setup
 	$(PY) tools/build_site.py readme
 
 ## Regenerate the committed notebook outputs and results: every chapter, in order, at the cpu profile,
-## into an emptied runs/cpu, as one run (one FC_RUN_ID, which every results file records).
+## into an emptied runs/cpu, as one run (one FC_RUN_ID, which every results file records); then
+## check that nbs/ now holds that one run.
 outputs: setup
 	$(FC) run --profile cpu --fresh --commit-outputs
+	$(PY) tools/check_one_run.py
 
 results: setup
 	$(FC) results --profile $(PROFILE)

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,35 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 TRAIN_SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+# What a learner must not see in a chapter's outputs: library load reports, warnings meant for
+# developers, kernel transport messages, and where the course happens to be installed.
+NOISE = (
+    "LOAD REPORT",
+    "FutureWarning",
+    "DeprecationWarning",
+    "TqdmWarning",
+    "No CUDA runtime",
+    "without encryption",
+    str(ROOT),
+    sys.prefix,
+    "site-packages",
+)
+
+
+def output_text(notebook: Path) -> str:
+    parts = []
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts += [
+                "".join(v) if isinstance(v, list) else str(v)
+                for k, v in out.get("data", {}).items()
+                if k.startswith("text/")
+            ]
+            parts += [out.get("evalue", "")] + out.get("traceback", [])
+    return "\n".join(parts)
+
 
 # Tests never reach the network: online sources must fail fast with a clear message.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

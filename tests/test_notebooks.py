@@ -10,7 +10,7 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-from conftest import NBS, ROOT
+from conftest import NBS, NOISE, ROOT, output_text
 
 NOTEBOOKS = sorted(p.name for p in NBS.glob("*.ipynb"))
 BIN = Path(sys.executable).parent
@@ -47,42 +47,21 @@ def test_notebook_runs_with_smoke_profile(name, smoke_dir):
         assert record["metrics"], "the chapter recorded no results"
 
 
-# What a learner must not see in a chapter's outputs: library load reports, warnings meant for
-# developers, kernel transport messages, and where the course happens to be installed.
-NOISE = (
-    "LOAD REPORT",
-    "FutureWarning",
-    "DeprecationWarning",
-    "TqdmWarning",
-    "No CUDA runtime",
-    "without encryption",
-    str(ROOT),
-    sys.prefix,
-)
-
-
-def _output_text(notebook: Path) -> str:
-    parts = []
-    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
-        for out in cell.get("outputs", []):
-            parts.append("".join(out.get("text", "")))
-            parts += [
-                "".join(v) if isinstance(v, list) else str(v)
-                for k, v in out.get("data", {}).items()
-                if k.startswith("text/")
-            ]
-            parts += [out.get("evalue", "")] + out.get("traceback", [])
-    return "\n".join(parts)
-
-
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_smoke_outputs_are_quiet_and_portable(name, smoke_dir):
     executed = smoke_dir / "executed" / name
     if not executed.exists():
         pytest.skip(f"{name} did not run at the smoke profile in this session")
-    text = _output_text(executed)
+    text = output_text(executed)
     found = [noise for noise in NOISE if noise in text]
     assert not found, f"{name}'s outputs show {found}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_outputs_are_quiet_and_portable(name):
+    "What GitHub, the site and JupyterLab show: the outputs committed in nbs/."
+    found = [noise for noise in NOISE if noise in output_text(NBS / name)]
+    assert not found, f"nbs/{name}'s committed outputs show {found}"
 
 
 GPU_CHAPTERS = ["05_contrastive", "07_finetuning", "08_adapters", "09_lora_peft"]

@@ -1,54 +1,87 @@
-"""The committed outputs are one run: every chapter's results file and executed notebook come from
-the same `make outputs` (one run id), and each results file says where and with what it ran."""
+"""tools/check_one_run.py, which `make outputs` runs last: it accepts a folder that is one run and
+names each way a folder can fail to be one (mixed runs, missing provenance, missing results, a
+notebook printing another run)."""
 
+import importlib.util
 import json
-import re
 
 import pytest
-from conftest import NBS
+from conftest import ROOT
 
-from foundation_course.cli import chapters
-
-RESULTS = NBS / "results" / "cpu"
-PROVENANCE = ("run_id", "git_commit", "started_at", "cpu_cores", "torch", "elapsed_s")
+RUN = "20261130T000000Z-abc123"
 
 
-def committed_results() -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in RESULTS.glob("*.json")}
+@pytest.fixture(scope="module")
+def check():
+    spec = importlib.util.spec_from_file_location("check", ROOT / "tools" / "check_one_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def notebook_text_outputs(chapter: str) -> str:
-    cells = json.loads((NBS / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
-    texts = []
-    for output in (o for c in cells for o in c.get("outputs", [])):
-        texts.append("".join(output.get("text", "")))
-        texts.append("".join(output.get("data", {}).get("text/plain", "")))
-    return "\n".join(texts)
-
-
-def test_every_chapter_has_committed_results():
-    missing = sorted(set(chapters()) - set(committed_results()))
-    assert not missing, f"no committed cpu results for {missing}: run `make outputs`"
-
-
-@pytest.mark.parametrize("field", PROVENANCE)
-def test_results_record_their_provenance(field):
-    lacking = sorted(name for name, r in committed_results().items() if r.get(field) in (None, ""))
-    assert not lacking, f"{lacking} lack {field!r}: regenerate them with `make outputs`"
-
-
-def test_committed_results_are_one_run():
-    ids = {name: r.get("run_id") for name, r in committed_results().items()}
-    assert len(set(ids.values())) == 1, f"the committed results come from several runs: {ids}"
-    assert all(r["profile"] == "cpu" for r in committed_results().values())
-
-
-@pytest.mark.parametrize("chapter", chapters())
-def test_committed_notebook_is_from_that_run(chapter):
-    "A chapter's last cell prints the run id beside its results path; the outputs must show it."
-    run_id = next(iter(committed_results().values()))["run_id"]
-    printed = re.findall(r"\(run ([\w-]+), commit [0-9a-f]+\)", notebook_text_outputs(chapter))
-    assert printed == [run_id], (
-        f"nbs/{chapter}.ipynb shows run(s) {printed}, the committed results run {run_id}: "
-        "commit outputs and results from one `make outputs`"
+def write_chapter(nbs, name, run_id=RUN, printed=RUN, **drop):
+    "A chapter notebook (parameters cell, the printed provenance line) and its results file."
+    cells = [
+        dict(cell_type="code", metadata=dict(tags=["parameters"]), source="profile = 'auto'"),
+        dict(
+            cell_type="code",
+            metadata={},
+            source="print(...)",
+            outputs=[
+                dict(
+                    output_type="stream",
+                    name="stdout",
+                    text=f"runs/cpu/results/{name}.json (run {printed}, commit 1234abc)\n",
+                )
+            ],
+        ),
+    ]
+    (nbs / f"{name}.ipynb").write_text(json.dumps(dict(cells=cells)))
+    record = dict(
+        chapter=name,
+        profile="cpu",
+        run_id=run_id,
+        git_commit="1234abc",
+        started_at="2026-11-30T00:00:00+00:00",
+        cpu_cores=2,
+        torch="2.14.1",
+        elapsed_s=12.5,
     )
+    for field in drop:
+        record.pop(field)
+    (nbs / "results" / "cpu").mkdir(parents=True, exist_ok=True)
+    (nbs / "results" / "cpu" / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_one_run_passes(check, tmp_path):
+    write_chapter(tmp_path, "00_core")
+    write_chapter(tmp_path, "01_data")
+    assert check.one_run_problems(tmp_path) == []
+    assert check.main(["--nbs", str(tmp_path)]) == 0
+
+
+def test_results_from_two_runs_fail(check, tmp_path, capsys):
+    write_chapter(tmp_path, "00_core")
+    write_chapter(tmp_path, "01_data", run_id="other", printed="other")
+    assert any("2 runs" in p for p in check.one_run_problems(tmp_path))
+    assert check.main(["--nbs", str(tmp_path)]) == 1
+    assert "make outputs" in capsys.readouterr().err
+
+
+def test_missing_provenance_is_named(check, tmp_path):
+    write_chapter(tmp_path, "00_core", git_commit=None)
+    assert check.one_run_problems(tmp_path) == ["00_core: results lack git_commit"]
+
+
+def test_a_chapter_without_results_fails(check, tmp_path):
+    write_chapter(tmp_path, "00_core")
+    write_chapter(tmp_path, "01_data")
+    (tmp_path / "results" / "cpu" / "01_data.json").unlink()
+    assert "01_data: no results in cpu/" in check.one_run_problems(tmp_path)
+
+
+def test_a_notebook_from_another_run_fails(check, tmp_path):
+    write_chapter(tmp_path, "00_core")
+    write_chapter(tmp_path, "01_data", printed="older-run")
+    problems = check.one_run_problems(tmp_path)
+    assert problems == [f"01_data.ipynb prints run(s) ['older-run'], its results' run is {RUN}"]
