@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import socket
@@ -10,6 +11,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 TRAIN_SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def load_module(path: Path, name: str | None = None):
+    "A Python file that is not an installed module (a tool, a solution file), imported by path."
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # What a learner must not see in a chapter's outputs: library load reports, warnings meant for
 # developers, kernel transport messages, and where the course happens to be installed.

@@ -6,7 +6,6 @@ module that holds the `check_<function>` functions) and `WRONG` (function name -
 
 import ast
 import importlib
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NBS
+from conftest import NBS, load_module
 
 SOLUTIONS = sorted((NBS / "solutions").glob("ch[0-9][0-9]_*.py"))
 # Names a stub's signature may use in annotations or defaults.
@@ -24,10 +23,7 @@ STUB_GLOBALS = dict(
 
 
 def _load_solution(path: Path):
-    spec = importlib.util.spec_from_file_location(f"solution_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, f"solution_{path.stem}")
 
 
 def _notebook_of(solution: Path) -> Path:

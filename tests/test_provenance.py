@@ -2,21 +2,17 @@
 names each way a folder can fail to be one (mixed runs, missing provenance, missing results, a
 notebook printing another run)."""
 
-import importlib.util
 import json
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_module
 
 RUN = "20261130T000000Z-abc123"
 
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("check", ROOT / "tools" / "check_one_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "tools" / "check_one_run.py")
 
 
 def write_chapter(nbs, name, run_id=RUN, printed=RUN, **drop):

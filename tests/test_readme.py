@@ -1,21 +1,17 @@
 """README.md is generated from nbs/index.ipynb and stays in sync: the project's front door."""
 
-import importlib.util
 import json
 import re
 
 import pytest
-from conftest import NBS, ROOT
+from conftest import NBS, ROOT, load_module
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def build_site():
-    spec = importlib.util.spec_from_file_location("build_site", ROOT / "tools" / "build_site.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "tools" / "build_site.py")
 
 
 def test_readme_is_generated_from_index(build_site):

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import NBS, ROOT
+from conftest import NBS, ROOT, load_module
 from helpers_browser import ARTIFACTS, chromium
 
 SITE_PAGES_TIMEOUT_MS = 30_000
@@ -264,10 +264,7 @@ def _search(browser, server, term: str) -> list[str]:
 
 
 def _build_site_module():
-    spec = importlib.util.spec_from_file_location("build_site", ROOT / "tools" / "build_site.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "tools" / "build_site.py")
 
 
 def test_solution_toggle_follows_each_exercise_cell():
