@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, TensorDataset
 
 from .core import atomic_write_bytes, atomic_write_text, exercise
 from .training import fit
 
 # %% auto #0
-__all__ = ['nt_xent', 'info_nce', 'ImageViews', 'to_unit_range', 'BasicBlock', 'resnet_encoder', 'SimCLR', 'simclr_loss',
+__all__ = ['nt_xent', 'info_nce', 'augmenting_collate', 'to_unit_range', 'BasicBlock', 'resnet_encoder', 'SimCLR', 'simclr_loss',
            'extract_features', 'knn_accuracy', 'linear_probe', 'train_encoder_classifier', 'augmented_features',
            'mean_pool', 'SentenceEncoder', 'small_text_encoder', 'simcse_loss', 'encode_sentences', 'sentence_pairs',
            'save_encoder', 'load_encoder', 'check_alignment', 'check_uniformity']
@@ -108,22 +108,18 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.0
     return loss
 
 # %% ../nbs/05_contrastive.ipynb #2ed824ff
-class ImageViews(Dataset):
-    """uint8 images (N, H, W) or (N, C, H, W) with `transform` applied per item; `TwoViews(...)`
-    gives a positive pair; with `labels`, `(view, label)`."""
+def augmenting_collate(transform: Callable, views: int = 1) -> Callable:
+    """A `collate_fn` for datasets of uint8 images `(image,)` or `(image, label)`: stack a batch,
+    then augment the stacked images `views` times with the batch `transform`. Returns
+    `(view_1, ..., view_k, labels)`, the labels only when the examples have them."""
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
 
-    def __init__(
-        self, images: torch.Tensor, transform: Callable, labels: torch.Tensor | None = None
-    ):
-        self.images = images[:, None] if images.ndim == 3 else images
-        self.transform, self.labels = transform, labels
+    def collate(examples):
+        images, *rest = [torch.stack([torch.as_tensor(v) for v in col]) for col in zip(*examples)]
+        return (*(transform(images) for _ in range(views)), *rest)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        out = self.transform(self.images[i])
-        return out if self.labels is None else (out, self.labels[i])
+    return collate
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -323,8 +319,8 @@ def train_encoder_classifier(
     batch_size: int = 64,
     seed: int = 0,
 ) -> nn.Sequential:
-    """`encoder` + a linear head, trained with `fit` for `steps` steps on labeled uint8 images, each
-    augmented by `transform`.
+    """`encoder` + a linear head, trained with `fit` for `steps` steps on labeled uint8 images
+    (N, H, W) or (N, C, H, W), each batch augmented by the batch `transform`.
 
     From scratch: a fresh encoder and `encoder_lr=None` (the same rate). Fine-tuning: a pretrained
     encoder, a smaller `encoder_lr`, and `head` taken from a linear probe (LP-FT), so the first
@@ -332,7 +328,7 @@ def train_encoder_classifier(
     model = nn.Sequential(
         encoder, head if head is not None else nn.Linear(encoder.feature_dim, num_classes)
     )
-    data = ImageViews(images, transform, labels)
+    data = TensorDataset(images[:, None] if images.ndim == 3 else images, labels)
     repeats = max(1, -(-steps * batch_size // len(data)))
     groups = [
         dict(params=list(encoder.parameters()), lr=encoder_lr or lr),
@@ -346,6 +342,7 @@ def train_encoder_classifier(
         batch_size=min(batch_size, len(data)),
         lr=lr,
         groups=groups,
+        collate_fn=augmenting_collate(transform),
         weight_decay=1e-4,
         progress=False,
         seed=seed,
@@ -356,12 +353,12 @@ def train_encoder_classifier(
 def augmented_features(
     encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable, views: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of the clean uint8 images plus `views` augmented copies of each (by `transform`),
-    with their labels."""
+    """Features of the clean uint8 images plus `views` augmented copies of each (by the batch
+    `transform`), with their labels."""
     images = images[:, None] if images.ndim == 3 else images
     feats = [extract_features(encoder, images)]
     for _ in range(views):
-        feats.append(extract_features(encoder, torch.stack([transform(img) for img in images])))
+        feats.append(extract_features(encoder, transform(images)))
     return torch.cat(feats), labels.repeat(views + 1)
 
 # %% ../nbs/05_contrastive.ipynb #86d3e558

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .core import exercise, project_root
@@ -38,8 +39,8 @@ __all__ = ['OFFLINE_PACKAGES', 'FASHION_MNIST_DIR', 'PANG_LEE_FILE', 'OFFLINE_EN
            'load_sentiment', 'load_movie_plots', 'ImageData', 'read_idx', 'load_images', 'standardize_images',
            'text_model_path', 'load_tokenizer', 'load_text_model', 'ImageBackbone', 'load_image_backbone',
            'train_tokenizer', 'pack_tokens', 'CausalLMCollator', 'MLMCollator', 'TextClassificationDataset',
-           'PaddingCollator', 'TwoViews', 'contrastive_augment', 'k_per_class', 'flip_labels', 'masking_stats',
-           'check_split_by_group', 'check_mask_fraction']
+           'PaddingCollator', 'TwoViews', 'ContrastiveAugment', 'resized_crops', 'k_per_class', 'flip_labels',
+           'masking_stats', 'check_split_by_group', 'check_mask_fraction']
 
 # %% ../nbs/01_data.ipynb #2038ecc3
 OFFLINE_PACKAGES = {  # distribution -> pinned requirement, installed with `pip install --no-deps`
@@ -860,21 +861,111 @@ class TwoViews:
         return self.transform(x), self.transform(x)
 
 
-def contrastive_augment(
-    size: int = 28, grey: bool = True, crop_scale: tuple[float, float] = (0.3, 1.0)
-):
-    "SimCLR-style augmentation (crop, flip, colour jitter, erasing) of uint8 images (C, H, W)."
-    from torchvision.transforms import v2
+class ContrastiveAugment(nn.Module):
+    """SimCLR-style augmentation of uint8 images, one (C, H, W) or a batch (N, C, H, W), each image
+    with its own random draw: a random resized crop (area share `crop_scale`, aspect ratio 3/4 to
+    4/3) and horizontal flip in one resampling (`resized_crops`), brightness and contrast jitter
+    (and saturation, for colour) with probability `jitter_p`, random grayscale for colour images,
+    and random erasing with probability `erase_p`. Returns float images in [0, 1]."""
 
-    steps = [
-        v2.RandomResizedCrop(size, scale=crop_scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.0 if grey else 0.1)], p=0.8),
-    ]
-    if not grey:
-        steps.append(v2.RandomGrayscale(p=0.2))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.RandomErasing(p=0.25, scale=(0.02, 0.15))]
-    return v2.Compose(steps)
+    def __init__(
+        self,
+        size: int = 28,
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        jitter: float = 0.4,
+        jitter_p: float = 0.8,
+        grey_p: float = 0.2,
+        erase_p: float = 0.25,
+        erase_scale: tuple[float, float] = (0.02, 0.15),
+    ):
+        super().__init__()
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        self.size, self.crop_scale, self.jitter, self.jitter_p = size, crop_scale, jitter, jitter_p
+        self.grey_p, self.erase_p, self.erase_scale = grey_p, erase_p, erase_scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.ndim not in (3, 4):
+            raise ValueError(
+                f"expected uint8 images (C, H, W) or (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        if images.ndim == 3:
+            return self(images[None])[0]
+        x = self.crop_and_flip(images.float() / 255)
+        x = self.colour_jitter(x)
+        return self.erase(x)
+
+    @staticmethod
+    def _uniform(n: int, low: float, high: float) -> torch.Tensor:
+        return torch.empty(n).uniform_(low, high)
+
+    def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        "Crop a random box of each image and resize it to `size`, flipped with probability 1/2."
+        n = len(x)
+        area = self._uniform(n, *self.crop_scale)
+        ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3)).exp()
+        w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        boxes = torch.stack(
+            [(1 - w) * self._uniform(n, -1, 1), (1 - h) * self._uniform(n, -1, 1), w, h], 1
+        )
+        return resized_crops(x, boxes, self.size, flip=torch.rand(n) < 0.5)
+
+    def colour_jitter(self, x: torch.Tensor) -> torch.Tensor:
+        "Brightness, contrast (and, for colour, saturation) factors in [1 - jitter, 1 + jitter]."
+        n, shape = len(x), (-1, 1, 1, 1)
+        on = torch.rand(n) < self.jitter_p
+
+        def factor():
+            return torch.where(on, self._uniform(n, 1 - self.jitter, 1 + self.jitter), 1.0)
+
+        x = (x * factor().view(shape)).clamp(0, 1)
+        mean = _grey(x).mean((1, 2, 3), keepdim=True)
+        x = ((x - mean) * factor().view(shape) + mean).clamp(0, 1)
+        if x.shape[1] == 3:
+            grey = _grey(x)
+            x = ((x - grey) * factor().view(shape) + grey).clamp(0, 1)
+            x = torch.where((torch.rand(n) < self.grey_p).view(shape), _grey(x).expand_as(x), x)
+        return x
+
+    def erase(self, x: torch.Tensor) -> torch.Tensor:
+        "Set a random rectangle (area share `erase_scale`, aspect 0.3 to 3.3) to 0 in some images."
+        n, _, height, width = x.shape
+        area = self._uniform(n, *self.erase_scale) * height * width
+        ratio = self._uniform(n, math.log(0.3), math.log(3.3)).exp()
+        eh = (area * ratio).sqrt().clamp(max=height).round()
+        ew = (area / ratio).sqrt().clamp(max=width).round()
+        top, left = torch.rand(n) * (height - eh + 1), torch.rand(n) * (width - ew + 1)
+        top, left = top.floor().view(-1, 1, 1), left.floor().view(-1, 1, 1)
+        rows = torch.arange(height).view(1, -1, 1)
+        cols = torch.arange(width).view(1, 1, -1)
+        box = (rows >= top) & (rows < top + eh.view(-1, 1, 1))
+        box = box & (cols >= left) & (cols < left + ew.view(-1, 1, 1))
+        box = box & (torch.rand(n) < self.erase_p).view(-1, 1, 1)
+        return x.masked_fill(box[:, None], 0.0)
+
+
+def resized_crops(
+    x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bilinear resampling of one box per image to `size` x `size`: `boxes` (N, 4) holds each box's
+    centre (cx, cy) and half-extents (w, h) as shares of the image, in the coordinates of
+    `F.affine_grid` (-1 to 1); `flip` (N,) bool mirrors the box left to right."""
+    n = len(x)
+    sign = 1.0 - 2.0 * flip.float() if flip is not None else torch.ones(n)
+    cx, cy, w, h = boxes.unbind(1)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([w * sign, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    "Luma of (N, C, H, W) images in [0, 1] (ITU-R 601 weights for colour), shape (N, 1, H, W)."
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
 
 
 def k_per_class(

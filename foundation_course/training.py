@@ -36,10 +36,10 @@ from .core import atomic_write_bytes, atomic_write_text, exercise, get_device
 
 # %% auto #0
 __all__ = ['softmax_regression_grads', 'sgd_step', 'adamw_step', 'warmup_cosine', 'batch_size_of', 'logits_and_labels',
-           'default_loss', 'classification_metrics', 'EpochShuffleSampler', 'make_loaders', 'param_groups',
-           'CheckpointError', 'save_checkpoint', 'load_weights', 'load_checkpoint', 'rng_states', 'set_rng_states',
-           'check_writable', 'Checkpointer', 'EarlyStopping', 'loss_metrics', 'evaluate', 'progress_bar',
-           'describe_batch', 'expected_input', 'check_batch', 'first_batches_checked', 'checked_loss',
+           'default_loss', 'classification_metrics', 'EpochShuffleSampler', 'example_lengths', 'make_loaders',
+           'param_groups', 'CheckpointError', 'save_checkpoint', 'load_weights', 'load_checkpoint', 'rng_states',
+           'set_rng_states', 'check_writable', 'Checkpointer', 'EarlyStopping', 'loss_metrics', 'evaluate',
+           'progress_bar', 'describe_batch', 'expected_input', 'check_batch', 'first_batches_checked', 'checked_loss',
            'nonfinite_loss_error', 'FitResult', 'make_accelerator', 'make_schedule', 'TrainingLoop', 'trainer_state',
            'check_same_run', 'resume_run', 'fit', 'predict', 'accuracy', 'plot_history', 'small_cnn',
            'check_momentum_step', 'check_optimizer_steps']
@@ -134,10 +134,27 @@ def classification_metrics(model: nn.Module, batch: Any) -> dict[str, torch.Tens
 
 # %% ../nbs/02_training.ipynb #5976fc1a
 class EpochShuffleSampler(Sampler[int]):
-    "Shuffles in an order set by `seed` and the epoch alone: the same on every process, on resume."
+    """Shuffles in an order set by `seed` and the epoch alone: the same on every process, on resume.
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    With `lengths` (one per example) and `batch_size`, examples of similar length share a batch:
+    each window of 50 shuffled batches is sorted by length and cut into batches, and the batches are
+    shuffled (the short last batch stays last), so padding wastes little compute."""
+
+    def __init__(
+        self,
+        n: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ):
+        if lengths is not None and (len(lengths) != n or not batch_size):
+            raise ValueError(
+                f"grouping by length needs one length per example ({n}) and a batch size; got "
+                f"{len(lengths)} lengths and batch_size={batch_size}"
+            )
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         "Choose the epoch whose order to draw."
@@ -147,10 +164,37 @@ class EpochShuffleSampler(Sampler[int]):
         if not self.shuffle:
             return iter(range(self.n))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.lengths is None:
+            return iter(order)
+        return iter(self._grouped(order, generator))
+
+    def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
+        size = self.batch_size
+        batches = []
+        for start in range(0, len(order), 50 * size):
+            window = sorted(order[start : start + 50 * size], key=lambda i: -self.lengths[i])
+            batches += [window[i : i + size] for i in range(0, len(window), size)]
+        last = batches.pop() if len(batches[-1]) < size else []
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return [i for batch in batches + [last] for i in batch]
 
     def __len__(self):
         return self.n
+
+
+def example_lengths(data: Dataset) -> list[int]:
+    "The number of tokens of each example of a dataset of dicts with `input_ids`."
+    lengths = []
+    for i in range(len(data)):
+        example = data[i]
+        if not isinstance(example, Mapping) or "input_ids" not in example:
+            raise ValueError(
+                "grouping by length needs examples that are dicts with input_ids (tokenized text); "
+                f"example {i} is a {type(example).__name__}. Pass group_by_length=False"
+            )
+        lengths.append(len(example["input_ids"]))
+    return lengths
 
 
 def make_loaders(
@@ -159,13 +203,16 @@ def make_loaders(
     batch_size: int,
     collate_fn: Callable | None = None,
     seed: int = 0,
+    group_by_length: bool = False,
 ) -> tuple[DataLoader, DataLoader | None]:
-    "The training loader, shuffled by `EpochShuffleSampler`, and the validation loader, in order."
+    """The training loader, shuffled by `EpochShuffleSampler` (texts of similar length together with
+    `group_by_length`), and the validation loader, in order."""
+    lengths = example_lengths(train_data) if group_by_length else None
     # the loader's own generator keeps iterator creation off the global RNG that dropout draws on
     train = DataLoader(
         train_data,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(train_data), seed),
+        sampler=EpochShuffleSampler(len(train_data), seed, lengths=lengths, batch_size=batch_size),
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -799,6 +846,7 @@ def fit(
     max_steps: int | None = None,  # cap on optimizer steps
     # what a batch is, and what to minimise
     collate_fn: Callable | None = None,  # examples -> batch; default torch's
+    group_by_length: bool = False,  # batch tokenized texts of similar length together
     loss_fn: Callable = default_loss,  # (model, batch) -> scalar loss
     # validation and early stopping
     val_data: Dataset | None = None,  # evaluated after every epoch
@@ -841,7 +889,9 @@ def fit(
         checkpointer = Checkpointer(
             checkpoint_dir, checkpoint_every, writer=accelerator.is_main_process
         )
-    loader, val_loader = make_loaders(train_data, val_data, batch_size, collate_fn, seed)
+    loader, val_loader = make_loaders(
+        train_data, val_data, batch_size, collate_fn, seed, group_by_length
+    )
     generator = loader.generator
     optimizer = torch.optim.AdamW(
         groups or param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay

@@ -192,19 +192,23 @@ def test_resnet_encoder_and_simclr_loss_train_the_encoder():
     assert torch.isfinite(loss) and enc[0].weight.grad.abs().sum() > 0
 
 
-def test_image_views_and_augmented_features():
-    from foundation_course.data import TwoViews, contrastive_augment
+def test_augmenting_collate_and_augmented_features():
+    from foundation_course.data import ContrastiveAugment
 
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
-    v1, v2 = C.ImageViews(images, TwoViews(contrastive_augment(28)))[0]
-    assert (
-        v1.shape == v2.shape == (1, 28, 28)
-        and v1.dtype == torch.float32
-        and not torch.equal(v1, v2)
+    pairs = C.augmenting_collate(ContrastiveAugment(28), views=2)
+    v1, v2 = pairs([(img[None],) for img in images])
+    assert v1.shape == v2.shape == (5, 1, 28, 28) and v1.dtype == torch.float32
+    assert not torch.equal(v1, v2)
+    view, labels = C.augmenting_collate(ContrastiveAugment(28))(
+        [(img[None], torch.tensor(i)) for i, img in enumerate(images)]
     )
+    assert view.shape == (5, 1, 28, 28) and labels.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="views"):
+        C.augmenting_collate(ContrastiveAugment(28), views=0)
     enc = C.resnet_encoder(width=4)
     feats, labels = C.augmented_features(
-        enc, images, torch.arange(5), contrastive_augment(28), views=2
+        enc, images, torch.arange(5), ContrastiveAugment(28), views=2
     )
     assert feats.shape == (15, 16) and labels.tolist() == [0, 1, 2, 3, 4] * 3
     assert torch.allclose(feats[:5], C.extract_features(enc, images))

@@ -235,9 +235,41 @@ def test_mlm_collator_rejects_bad_probabilities(tokenizer):
 def test_two_views_differ_and_keep_shape():
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
-    v1, v2 = data.TwoViews(data.contrastive_augment(28))(image)
+    v1, v2 = data.TwoViews(data.ContrastiveAugment(28))(image)
     assert v1.shape == v2.shape == (1, 28, 28) and v1.dtype == torch.float32
     assert not torch.equal(v1, v2)
+
+
+def test_contrastive_augment_draws_per_image_and_stays_in_range():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (1, 1, 28, 28), dtype=torch.uint8).expand(64, 1, 28, 28)
+    views = data.ContrastiveAugment(32)(images)
+    assert views.shape == (64, 1, 32, 32) and 0 <= views.min() and views.max() <= 1
+    assert len({v.sum().item() for v in views}) == 64  # the same image, 64 different draws
+
+
+def test_contrastive_augment_erases_and_rejects_bad_input():
+    torch.manual_seed(0)
+    white = torch.full((400, 1, 28, 28), 255, dtype=torch.uint8)
+    augment = data.ContrastiveAugment(28, jitter_p=0.0, erase_p=0.5)
+    erased = (augment(white) == 0).flatten(1).any(1).float().mean().item()
+    assert 0.4 < erased < 0.6
+    with pytest.raises(ValueError, match="uint8"):
+        augment(white.float())
+    with pytest.raises(ValueError, match="crop_scale"):
+        data.ContrastiveAugment(28, crop_scale=(0.5, 1.5))
+
+
+def test_resized_crops_match_torchvision_inside_the_border():
+    from torchvision.transforms import v2
+
+    image = torch.rand(1, 1, 28, 28).expand(2, 1, 28, 28)
+    top, left, height, width = 3, 9, 14, 14  # 2x upsampling: only the outermost pixels differ
+    box = [(2 * left + width) / 28 - 1, (2 * top + height) / 28 - 1, width / 28, height / 28]
+    ours = data.resized_crops(image, torch.tensor([box, box]), 28, torch.tensor([False, True]))
+    theirs = v2.functional.resized_crop(image, top, left, height, width, [28, 28])
+    assert torch.allclose(ours[0, :, 1:-1, 1:-1], theirs[0, :, 1:-1, 1:-1], atol=1e-5)
+    assert torch.allclose(ours[1], ours[0].flip(-1), atol=1e-5)
 
 
 def test_k_per_class():

@@ -335,3 +335,53 @@ def test_evaluate_weighs_every_example_once():
     assert by_batches["val_loss"] == pytest.approx(whole["loss"].mean().item())
     assert by_batches["val_acc"] == pytest.approx(whole["acc"].mean().item())
     assert model.training  # evaluation leaves the mode it found
+
+
+def test_grouped_sampler_is_a_permutation_of_similar_lengths_set_by_seed_and_epoch():
+    lengths = [(i * 37) % 61 for i in range(1000)]
+    sampler = training.EpochShuffleSampler(1000, seed=3, lengths=lengths, batch_size=32)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and order == list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    batches = [order[i : i + 32] for i in range(0, 1000, 32)]
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches[:-1]]
+    assert max(spread) <= 6  # within a window of 50 batches, neighbours in length order
+    assert len(batches[-1]) == 1000 % 32  # the short batch stays last
+    with pytest.raises(ValueError, match="one length per example"):
+        training.EpochShuffleSampler(10, lengths=[1] * 9, batch_size=2)
+
+
+def test_fit_groups_texts_by_length_and_refuses_examples_without_input_ids():
+    class Texts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            n = 1 + i % 16
+            return dict(input_ids=torch.ones(n, dtype=torch.long), labels=torch.tensor(i % 2))
+
+    seen = []
+
+    def collate(examples):
+        seen.append([len(e["input_ids"]) for e in examples])
+        width = max(len(e["input_ids"]) for e in examples)
+        x = torch.zeros(len(examples), width)
+        return x.sum(1, keepdim=True), torch.stack([e["labels"] for e in examples])
+
+    training.fit(
+        nn.Linear(1, 2),
+        Texts(),
+        batch_size=8,
+        collate_fn=collate,
+        group_by_length=True,
+        progress=False,
+    )
+    assert all(max(b) - min(b) <= 2 for b in seen)
+    with pytest.raises(ValueError, match="dicts with input_ids"):
+        training.fit(
+            nn.Linear(1, 2),
+            torch.utils.data.TensorDataset(torch.ones(4, 1), torch.zeros(4).long()),
+            group_by_length=True,
+            progress=False,
+        )
