@@ -81,3 +81,8 @@ def test_a_notebook_from_another_run_fails(check, tmp_path):
     write_chapter(tmp_path, "01_data", printed="older-run")
     problems = check.one_run_problems(tmp_path)
     assert problems == [f"01_data.ipynb prints run(s) ['older-run'], its results' run is {RUN}"]
+
+
+def test_the_committed_outputs_are_one_run(check):
+    problems = check.one_run_problems(ROOT / "nbs")
+    assert problems == [], "nbs/ is not one run; run `make outputs`:\n" + "\n".join(problems)
