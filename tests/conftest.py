@@ -20,6 +20,7 @@ def load_module(path: Path, name: str | None = None):
     spec.loader.exec_module(module)
     return module
 
+
 # What a learner must not see in a chapter's outputs: library load reports, warnings meant for
 # developers, kernel transport messages, and where the course happens to be installed.
 NOISE = (

@@ -41,13 +41,17 @@ def test_confusion_and_prf_match_sklearn():
     s, yb = scores_and_labels()
     pb = (s > 0.5).long()
     prf = ev.precision_recall_f1(pb, yb, 2)
-    assert prf["f1"] == pytest.approx(skm.f1_score(yb, pb)) and prf["precision"] == pytest.approx(skm.precision_score(yb, pb))
+    assert prf["f1"] == pytest.approx(skm.f1_score(yb, pb)) and prf["precision"] == pytest.approx(
+        skm.precision_score(yb, pb)
+    )
 
 
 def test_undefined_precision_is_zero_like_sklearn():
     y, p = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 0, 2, 2])  # class 1 never predicted
     prf = ev.precision_recall_f1(p, y, 3)
-    assert prf["precision"] == pytest.approx(skm.precision_score(y, p, average="macro", zero_division=0))
+    assert prf["precision"] == pytest.approx(
+        skm.precision_score(y, p, average="macro", zero_division=0)
+    )
 
 
 def test_classification_report_multiclass_auc_is_one_vs_rest_macro():
@@ -55,7 +59,10 @@ def test_classification_report_multiclass_auc_is_one_vs_rest_macro():
     logits, y = torch.randn(200, 3, generator=g), torch.randint(0, 3, (200,), generator=g)
     logits[torch.arange(200), y] += 1.0
     r = ev.classification_report(logits, y)
-    assert r["roc_auc"] == pytest.approx(skm.roc_auc_score(y, logits.softmax(-1).numpy(), multi_class="ovr", average="macro"), abs=1e-6)
+    assert r["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y, logits.softmax(-1).numpy(), multi_class="ovr", average="macro"),
+        abs=1e-6,
+    )
     assert r["accuracy"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
 
 
@@ -109,6 +116,7 @@ def test_most_confident_mistakes_order():
 
 def test_plots_draw_without_error():
     import matplotlib
+
     matplotlib.use("Agg")
     cm = ev.confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 2)
     ax = ev.plot_confusion(cm, ["neg", "pos"])
@@ -128,7 +136,7 @@ def test_paired_bootstrap_degenerate_cases():
     same = [1, 0, 1, 1, 0]
     assert ev.paired_bootstrap(same, same) == dict(diff=0.0, low=0.0, high=0.0)
     assert ev.paired_bootstrap([1] * 50, [0] * 50) == dict(diff=1.0, low=1.0, high=1.0)
-    # A is right on exactly the examples where B is, plus 10 of 100 more: never worse in any resample
+    # A is right wherever B is, plus on 10 of 100 more: never worse in any resample
     a, b = [1] * 60 + [0] * 40, [1] * 50 + [0] * 50
     ci = ev.paired_bootstrap(a, b)
     assert ci["diff"] == pytest.approx(0.10) and 0.04 <= ci["low"] < 0.10 < ci["high"] <= 0.16
@@ -137,7 +145,9 @@ def test_paired_bootstrap_degenerate_cases():
 def test_paired_bootstrap_matches_resampling_the_examples():
     rng = np.random.default_rng(0)
     a = rng.random(400) < 0.8
-    b = np.where(rng.random(400) < 0.7, a, rng.random(400) < 0.75)  # correlated, as paired models are
+    b = np.where(
+        rng.random(400) < 0.7, a, rng.random(400) < 0.75
+    )  # correlated, as paired models are
     idx = rng.integers(0, 400, size=(20_000, 400))
     naive = np.percentile(a[idx].mean(1) - b[idx].mean(1), [2.5, 97.5])
     ci = ev.paired_bootstrap(a, b, n=20_000, seed=1)
@@ -161,7 +171,9 @@ def test_compare_verdicts_on_one_test_set():
     v = ev.compare("LoRA", "probe", correct_a=a, correct_b=b)
     assert v.startswith("LoRA beats probe by 20.0 points (95% CI of LoRA − probe: +")
     assert v.endswith("; paired bootstrap)")
-    assert ev.compare("probe", "LoRA", correct_a=b, correct_b=a).startswith("LoRA beats probe by 20.0")
+    assert ev.compare("probe", "LoRA", correct_a=b, correct_b=a).startswith(
+        "LoRA beats probe by 20.0"
+    )
     rng = np.random.default_rng(0)
     x, y = rng.random(200) < 0.8, rng.random(200) < 0.8  # two models of the same skill
     v = ev.compare("A", "B", correct_a=x, correct_b=y)
@@ -171,12 +183,17 @@ def test_compare_verdicts_on_one_test_set():
 
 def test_compare_seed_lists_use_welchs_t_interval():
     from scipy import stats
+
     a, b = [0.84, 0.85, 0.83, 0.86], [0.80, 0.79, 0.82]
     want = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     ci = ev.welch_interval(a, b)
     assert (ci["low"], ci["high"]) == pytest.approx((want.low, want.high), abs=1e-12)
-    assert ev.compare("full", "LoRA", seeds_a=a, seeds_b=b).startswith("full beats LoRA by 4.2 points (95% CI of full − LoRA: +")
-    assert ev.compare("a", "b", seeds_a=[0.80, 0.84], seeds_b=[0.81, 0.83]).startswith("tie (a − b = +0.0")
+    assert ev.compare("full", "LoRA", seeds_a=a, seeds_b=b).startswith(
+        "full beats LoRA by 4.2 points (95% CI of full − LoRA: +"
+    )
+    assert ev.compare("a", "b", seeds_a=[0.80, 0.84], seeds_b=[0.81, 0.83]).startswith(
+        "tie (a − b = +0.0"
+    )
     with pytest.raises(ValueError, match="at least 2 runs"):
         ev.compare("a", "b", seeds_a=[0.8], seeds_b=[0.7, 0.75])
     with pytest.raises(ValueError, match="not a mix"):
@@ -202,13 +219,19 @@ def test_coverage_accuracy_curve_by_hand_with_ties():
 
 def test_choose_threshold_takes_the_lowest_threshold_within_the_error_budget():
     probs, labels = probs_with([0.6, 0.8, 0.9, 0.8], [0, 0, 1, 1])
-    assert ev.choose_threshold(probs, labels, max_error=0.05) == dict(threshold=0.9, coverage=0.25, error=0.0)
+    assert ev.choose_threshold(probs, labels, max_error=0.05) == dict(
+        threshold=0.9, coverage=0.25, error=0.0
+    )
     got = ev.choose_threshold(probs, labels, max_error=0.4)
-    assert (got["threshold"], got["coverage"]) == (0.8, 0.75) and got["error"] == pytest.approx(1 / 3)
+    assert (got["threshold"], got["coverage"]) == (0.8, 0.75) and got["error"] == pytest.approx(
+        1 / 3
+    )
     assert ev.choose_threshold(probs, labels, max_error=0.5)["coverage"] == 1.0
     # error is not monotone in the threshold: the most confident answer is wrong, the rest right
     probs, labels = probs_with([0.9, 0.8, 0.7, 0.6], [0, 1, 1, 1])
-    assert ev.choose_threshold(probs, labels, max_error=0.3) == dict(threshold=0.6, coverage=1.0, error=0.25)
+    assert ev.choose_threshold(probs, labels, max_error=0.3) == dict(
+        threshold=0.6, coverage=1.0, error=0.25
+    )
 
 
 def test_choose_threshold_abstains_on_everything_when_no_threshold_qualifies():

@@ -1,21 +1,39 @@
 import pytest
 import torch
-from torch import nn
 
 from foundation_course.data import load_tokenizer
 from foundation_course.interpretability import (
-    _embeddings, _target_logit, attention_maps, class_activation_map, colour_tokens, deletion_drop, grad_cam,
-    gradient_x_input, integrated_gradients, layer0_attention_by_hand, pad_baseline, token_attributions)
+    _embeddings,
+    _target_logit,
+    attention_maps,
+    class_activation_map,
+    colour_tokens,
+    deletion_drop,
+    grad_cam,
+    gradient_x_input,
+    integrated_gradients,
+    layer0_attention_by_hand,
+    pad_baseline,
+    token_attributions,
+)
 from foundation_course.training import small_cnn
 
 
 @pytest.fixture(scope="module")
 def tiny():
     from transformers import BertConfig, BertForSequenceClassification
+
     tok = load_tokenizer("minilm")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, num_labels=2, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(config).eval(), tok
 
 
@@ -76,7 +94,9 @@ def test_token_attributions_explain_the_predicted_class_unless_told_otherwise(ti
     n = len(a["tokens"])
     assert a["tokens"] == tok.convert_ids_to_tokens(enc["input_ids"][0])
     assert a["integrated_gradients"].shape == (n,) and a["grad_x_input"].shape == (n,)
-    assert a["target"] == int(p.argmax()) and a["probability"] == pytest.approx(p.max().item(), abs=1e-6)
+    assert a["target"] == int(p.argmax()) and a["probability"] == pytest.approx(
+        p.max().item(), abs=1e-6
+    )
     assert a["integrated_gradients"][0] == 0  # [CLS] is kept in the baseline: no attribution
     other = token_attributions(model, tok, TEXT, steps=8, target=1 - a["target"])
     assert other["target"] == 1 - a["target"]
@@ -95,11 +115,14 @@ def test_deletion_never_removes_special_tokens(tiny):
     model, tok = tiny
     enc = tok(TEXT, return_tensors="pt")
     n = enc["input_ids"].shape[1]
-    scores = torch.zeros(n); scores[0] = scores[-1] = 100.0  # specials ranked first must be skipped
+    scores = torch.zeros(n)
+    scores[0] = scores[-1] = 100.0  # specials ranked first must be skipped
     with torch.no_grad():
         p = model(**enc).logits.softmax(-1)[0, 1]
         only_specials = model(input_ids=enc["input_ids"][:, [0, -1]]).logits.softmax(-1)[0, 1]
-    assert deletion_drop(model, tok, TEXT, scores, k=100, target=1) == pytest.approx((p - only_specials).item(), abs=1e-6)
+    assert deletion_drop(model, tok, TEXT, scores, k=100, target=1) == pytest.approx(
+        (p - only_specials).item(), abs=1e-6
+    )
     assert deletion_drop(model, tok, TEXT, scores, k=0, target=1) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -111,7 +134,9 @@ def test_grad_cam_equals_cam_for_pooling_and_linear_head():
     net[3].register_forward_pre_hook(lambda m, i: feats.update(a=i[0].detach()))
     cams, logits = grad_cam(net, net[3], x)
     assert cams.shape == (3, 3, 3) and (cams >= 0).all()
-    assert torch.allclose(cams, class_activation_map(feats["a"], net[-1], logits.argmax(-1)), atol=1e-6)
+    assert torch.allclose(
+        cams, class_activation_map(feats["a"], net[-1], logits.argmax(-1)), atol=1e-6
+    )
     target = torch.tensor([1, 2, 3])
     assert not torch.allclose(grad_cam(net, net[3], x, target)[0], cams)
 
@@ -120,4 +145,3 @@ def test_colour_tokens_escapes_and_skips_specials():
     out = colour_tokens(["[CLS]", "<b>", "bad", "[SEP]"], [5.0, 1.0, -0.5, 5.0])
     assert "&lt;b&gt;" in out and "[CLS]" not in out
     assert "rgba(220,40,40,1.00)" in out and "rgba(40,90,220,0.50)" in out
-

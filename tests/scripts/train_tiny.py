@@ -1,4 +1,5 @@
 """A tiny deterministic training run through `fit`, for the resume and multi-process tests."""
+
 import argparse
 import os
 import time
@@ -17,7 +18,9 @@ parser.add_argument("--resume", action="store_true")
 parser.add_argument("--batch-size", type=int, default=8)
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--dropout", type=float, default=0.2)
-parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step, so a test can interrupt the run")
+parser.add_argument(
+    "--sleep", type=float, default=0.0, help="seconds per step, so a test can interrupt the run"
+)
 args = parser.parse_args()
 
 seed_everything(0)
@@ -31,8 +34,18 @@ def slow_loss(model, batch):
     return default_loss(model, batch)
 
 
-fit(model, torch.utils.data.TensorDataset(x, y), epochs=args.epochs, batch_size=args.batch_size, lr=1e-2,
-    loss_fn=slow_loss, checkpoint_dir=args.checkpoint_dir, checkpoint_every=2, resume=args.resume, progress=False)
+fit(
+    model,
+    torch.utils.data.TensorDataset(x, y),
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    lr=1e-2,
+    loss_fn=slow_loss,
+    checkpoint_dir=args.checkpoint_dir,
+    checkpoint_every=2,
+    resume=args.resume,
+    progress=False,
+)
 if int(os.environ.get("RANK", "0")) == 0:
     print(f"world_size={os.environ.get('WORLD_SIZE', '1')}")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out)
