@@ -59,6 +59,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from foundation_course.adapters import tiny_bert  # noqa: E402, F401
 
 
+def tiny_minilm_classifier(seed: int = 0, **config):
+    "A small random 2-class BERT with MiniLM's tokenizer (and its vocabulary), in eval mode."
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from foundation_course.data import load_tokenizer
+
+    tok = load_tokenizer("minilm")
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+        **config,
+    )
+    return BertForSequenceClassification(config).eval(), tok
+
+
 @pytest.fixture(autouse=True, scope="session")
 def runs_outside_the_checkout(tmp_path_factory):
     "Every test writes results and artefacts to a temporary folder, never into runs/."

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NBS, ROOT
+from conftest import NBS, ROOT, tiny_minilm_classifier
 
 from foundation_course import cli
 from foundation_course.core import atomic_write_text, available_devices
@@ -322,22 +322,10 @@ def test_module_runs_as_a_script():
 
 
 def _tiny_text_model(folder):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from foundation_course.data import load_tokenizer
-
-    tok = load_tokenizer("minilm")
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
+    model, tok = tiny_minilm_classifier(
+        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
     )
-    BertForSequenceClassification(config).save_pretrained(str(folder))
+    model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
 

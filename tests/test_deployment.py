@@ -5,28 +5,19 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_minilm_classifier
 from torch import nn
 
 from foundation_course import deployment as dep
-from foundation_course.data import load_image_backbone, load_tokenizer
+from foundation_course.data import load_image_backbone
 
 
 def tiny_classifier(seed=0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tok = load_tokenizer("minilm")
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=2,
+    return tiny_minilm_classifier(
+        seed,
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
     )
-    return BertForSequenceClassification(config).eval(), tok
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
+from conftest import tiny_minilm_classifier
 
-from foundation_course.data import load_tokenizer
 from foundation_course.interpretability import (
     _embeddings,
     _target_logit,
@@ -21,20 +21,7 @@ from foundation_course.training import small_cnn
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tok = load_tokenizer("minilm")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=2,
-        attn_implementation="eager",
-    )
-    return BertForSequenceClassification(config).eval(), tok
+    return tiny_minilm_classifier(attn_implementation="eager")
 
 
 TEXT = "the plot is thin but the cast is charming"
