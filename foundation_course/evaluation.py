@@ -7,7 +7,7 @@ Docs: https://foundation-course.github.io/foundation_course/evaluation.html.md""
 # %% auto #0
 __all__ = ['confusion_matrix', 'precision_recall_f1', 'roc_auc', 'classification_report', 'plot_confusion',
            'expected_calibration_error', 'reliability_diagram', 'fit_temperature', 'mean_std', 'format_acc',
-           'bootstrap_interval', 'correct_on', 'paired_bootstrap', 'welch_interval', 'compare',
+           'bootstrap_interval', 'binomial_half_width', 'correct_on', 'paired_bootstrap', 'welch_interval', 'compare',
            'coverage_accuracy_curve', 'choose_threshold', 'selective_report', 'most_confident_mistakes',
            'check_balanced_accuracy', 'check_same_predictions']
 
@@ -225,6 +225,15 @@ def bootstrap_interval(
     means = np.random.default_rng(seed).binomial(len(c), c.mean(), size=n) / len(c)
     low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return dict(acc=float(c.mean()), low=float(low), high=float(high))
+
+
+def binomial_half_width(acc, n: int, level: float = 0.95):
+    """Half-width of the normal-approximation interval of an accuracy `acc` (float or array)
+    measured on `n` examples: z * sqrt(acc (1 - acc) / n)."""
+    if n < 1:
+        raise ValueError(f"binomial_half_width needs n >= 1 test examples, got {n}")
+    z = stats.norm.ppf(0.5 + level / 2)
+    return z * np.sqrt(np.asarray(acc) * (1 - np.asarray(acc)) / n)
 
 
 def correct_on(model, data, collate_fn=None, batch_size: int = 64) -> np.ndarray:

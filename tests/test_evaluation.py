@@ -261,6 +261,18 @@ def test_bootstrap_interval():
         ev.bootstrap_interval([0.3, 0.9])
 
 
+def test_binomial_half_width_matches_the_bootstrap_and_takes_arrays():
+    assert ev.binomial_half_width(0.8, 100) == pytest.approx(1.96 * 0.04, rel=1e-3)
+    assert ev.binomial_half_width(0.8, 100, level=0.99) == pytest.approx(2.576 * 0.04, rel=1e-3)
+    boot = ev.bootstrap_interval(np.r_[np.ones(800), np.zeros(200)], n=20_000, seed=0)
+    half = (boot["high"] - boot["low"]) / 2
+    assert ev.binomial_half_width(0.8, 1000) == pytest.approx(half, rel=0.05)
+    widths = ev.binomial_half_width(np.array([0.0, 0.5, 1.0]), 400)
+    assert widths.tolist() == pytest.approx([0.0, 1.96 * 0.025, 0.0], rel=1e-3)
+    with pytest.raises(ValueError, match="n >= 1"):
+        ev.binomial_half_width(0.5, 0)
+
+
 def test_correct_on_marks_each_right_prediction():
     class Fixed(torch.nn.Module):
         "Predicts class 1 exactly when the input's first feature is positive."
