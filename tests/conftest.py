@@ -60,7 +60,7 @@ from foundation_course.adapters import tiny_bert  # noqa: E402, F401
 
 
 def tiny_minilm_classifier(seed: int = 0, **config):
-    "A small random 2-class BERT with MiniLM's tokenizer (and its vocabulary), in eval mode."
+    "A small random negative/positive BERT with MiniLM's tokenizer (and vocabulary), in eval mode."
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -75,6 +75,8 @@ def tiny_minilm_classifier(seed: int = 0, **config):
         num_attention_heads=4,
         intermediate_size=64,
         num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
         **config,
     )
     return BertForSequenceClassification(config).eval(), tok

@@ -322,9 +322,7 @@ def test_module_runs_as_a_script():
 
 
 def _tiny_text_model(folder):
-    model, tok = tiny_minilm_classifier(
-        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
-    )
+    model, tok = tiny_minilm_classifier()
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder

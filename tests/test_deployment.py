@@ -12,17 +12,9 @@ from foundation_course import deployment as dep
 from foundation_course.data import load_image_backbone
 
 
-def tiny_classifier(seed=0):
-    return tiny_minilm_classifier(
-        seed,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-
-
 @pytest.fixture(scope="module")
 def text_folder(tmp_path_factory):
-    model, tok = tiny_classifier()
+    model, tok = tiny_minilm_classifier()
     folder = tmp_path_factory.mktemp("text-model")
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
@@ -48,7 +40,7 @@ TEXTS = ["a lovely film", "dull and far too long, with no jokes that land", "fin
 def lora_model():
     from peft import LoraConfig, get_peft_model
 
-    model, tok = tiny_classifier()
+    model, tok = tiny_minilm_classifier()
     peft_model = get_peft_model(
         model,
         LoraConfig(
@@ -114,7 +106,7 @@ def test_int8_symmetric_all_zero_weight():
 
 
 def test_onnx_export_parity_with_dynamic_shapes(tmp_path):
-    model, tok = tiny_classifier()
+    model, tok = tiny_minilm_classifier()
     session = dep.OnnxClassifier(dep.export_onnx(model, tok, tmp_path / "m.onnx"), threads=1)
     for texts in (TEXTS, TEXTS[:1], TEXTS * 3):
         enc = tok(texts, return_tensors="pt", padding=True)
@@ -280,7 +272,7 @@ def test_predictor_threshold_marks_low_confidence_rows_abstain_and_keeps_probabi
 def test_predictor_and_adapter_loader_refuse_pickle_checkpoints(tmp_path):
     from safetensors.torch import load_file
 
-    model, tok = tiny_classifier()
+    model, tok = tiny_minilm_classifier()
     folder = tmp_path / "pickled"
     model.config.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
@@ -299,7 +291,7 @@ def test_predictor_and_adapter_loader_refuse_pickle_checkpoints(tmp_path):
     torch.save(load_file(str(weights)), adapter / "adapter_model.bin")
     weights.unlink()
     with pytest.raises(ValueError, match=r"adapter_model\.bin is a pickle checkpoint"):
-        dep.load_lora_adapter(adapter, tiny_classifier()[0])
+        dep.load_lora_adapter(adapter, tiny_minilm_classifier()[0])
 
 
 def test_image_predictor_refuses_a_pickled_model_file(image_folder, tmp_path):

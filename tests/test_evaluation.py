@@ -145,9 +145,8 @@ def test_paired_bootstrap_degenerate_cases():
 def test_paired_bootstrap_matches_resampling_the_examples():
     rng = np.random.default_rng(0)
     a = rng.random(400) < 0.8
-    b = np.where(
-        rng.random(400) < 0.7, a, rng.random(400) < 0.75
-    )  # correlated, as paired models are
+    # correlated, as paired models are
+    b = np.where(rng.random(400) < 0.7, a, rng.random(400) < 0.75)
     idx = rng.integers(0, 400, size=(20_000, 400))
     naive = np.percentile(a[idx].mean(1) - b[idx].mean(1), [2.5, 97.5])
     ci = ev.paired_bootstrap(a, b, n=20_000, seed=1)
